@@ -1,0 +1,98 @@
+"""DCGAN (Radford et al. 2015) and its class-conditional form (cGAN, Mirza & Osindero 2014).
+
+Conditioning: G concatenates a learned class embedding to z; D uses the projection head of
+Miyato & Koyama 2018, which conditions more reliably than concatenating one-hot maps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from models import register
+from models.layers import dcgan_init, maybe_sn
+
+
+@dataclass(frozen=True, kw_only=True)
+class DCGANConfig:
+    resolution: int = 32          # px, a power of two in [16, 128]
+    z_dim: int = 128              # latent size
+    g_channels: int = 64          # G width at full resolution; doubles per block towards 4x4
+    d_channels: int = 64          # D width at full resolution; doubles per block towards 4x4
+    num_classes: int = 0          # 0 = unconditional; >0 = class-conditional (cGAN)
+    d_norm: Literal["batch", "none"] = "batch"   # "none" for gradient penalties (per-sample grads)
+    spectral_norm: bool = False   # spectral normalization on every D layer
+
+    def __post_init__(self):
+        r = self.resolution
+        if r < 16 or r > 128 or r & (r - 1):
+            raise ValueError(f"resolution: {r} must be a power of two in [16, 128]")
+        for k in ("z_dim", "g_channels", "d_channels"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}: must be >= 1")
+        if self.num_classes < 0:
+            raise ValueError("num_classes: must be >= 0")
+
+
+def _n_blocks(resolution: int) -> int:
+    return int(math.log2(resolution)) - 2      # 4x4 -> resolution in stride-2 steps
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: DCGANConfig):
+        super().__init__()
+        self.z_dim, self.num_classes, self.resolution = cfg.z_dim, cfg.num_classes, cfg.resolution
+        n = _n_blocks(cfg.resolution)
+        ch = [cfg.g_channels * 2 ** (n - 1 - i) for i in range(n)]   # e.g. 256,128,64 for 32 px
+        emb = cfg.z_dim if cfg.num_classes else 0
+        self.embed = nn.Embedding(cfg.num_classes, emb) if cfg.num_classes else None
+        layers = [nn.ConvTranspose2d(cfg.z_dim + emb, ch[0], 4, 1, 0, bias=False),
+                  nn.BatchNorm2d(ch[0]), nn.ReLU(True)]
+        for a, b in zip(ch[:-1], ch[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(ch[-1], 3, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("class-conditional generator needs labels y")
+            z = torch.cat([z, self.embed(y)], dim=1)
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: DCGANConfig):
+        super().__init__()
+        self.num_classes = cfg.num_classes
+        n = _n_blocks(cfg.resolution)
+        ch = [cfg.d_channels * 2 ** i for i in range(n)]              # e.g. 64,128,256 for 32 px
+        sn = cfg.spectral_norm
+        layers = [maybe_sn(nn.Conv2d(3, ch[0], 4, 2, 1), sn), nn.LeakyReLU(0.2, True)]
+        for a, b in zip(ch[:-1], ch[1:]):
+            layers.append(maybe_sn(nn.Conv2d(a, b, 4, 2, 1, bias=cfg.d_norm == "none"), sn))
+            if cfg.d_norm == "batch":
+                layers.append(nn.BatchNorm2d(b))
+            layers.append(nn.LeakyReLU(0.2, True))
+        self.features = nn.Sequential(*layers)                        # -> [N, ch[-1], 4, 4]
+        self.out = maybe_sn(nn.Linear(ch[-1] * 16, 1), sn)
+        self.embed = maybe_sn(nn.Embedding(cfg.num_classes, ch[-1] * 16), sn) if cfg.num_classes else None
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x).flatten(1)
+        logits = self.out(h).squeeze(1)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("class-conditional discriminator needs labels y")
+            logits = logits + (self.embed(y) * h).sum(1)    # projection term <embed(y), h>
+        return logits
+
+
+@register("dcgan", DCGANConfig)
+def build(cfg: DCGANConfig):
+    return {"G": Generator(cfg), "D": Discriminator(cfg)}
