@@ -1,0 +1,116 @@
+"""`ganforge` command line: parse, validate, --dry-run, launch. Heavy imports happen per command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline import config as C
+
+
+def _load(args) -> C.Config:
+    return C.load(args.config, args.overrides)
+
+
+def cmd_train(args) -> int:
+    cfg = _load(args)
+    if args.address:
+        cfg = C.from_dict({**C.to_dict(cfg), "scaling": {**C.to_dict(cfg)["scaling"], "address": args.address}})
+    if args.dry_run:
+        print(C.dump_yaml(cfg), end="")
+        return 0
+    from jobs.train import run_training
+    s = run_training(cfg, resume_from=args.resume_from)
+    _print_summary(s)
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    args.config = "quickstart"
+    args.resume_from = None
+    return cmd_train(args)
+
+
+def cmd_shards(args) -> int:
+    from pipeline import datasets
+    from pipeline.data import write_shards
+    from pipeline.datasets import folder
+
+    if args.from_folder:
+        manifest = write_shards(folder.samples(args.from_folder, resolution=args.resolution),
+                                args.out, resolution=args.resolution,
+                                classes=folder.classes(args.from_folder), source=str(args.from_folder),
+                                fmt=args.format, shard_size=args.shard_size)
+    else:
+        manifest = datasets.build_builtin(args.builtin, args.out, resolution=args.resolution,
+                                          n=args.n, shard_size=args.shard_size, seed=args.seed,
+                                          fmt=args.format)
+    print(f"wrote {manifest['samples']} samples in {len(manifest['shards'])} shards to {args.out} "
+          f"({manifest['num_classes']} classes, {manifest['resolution']} px, {manifest['format']})")
+    return 0
+
+
+def _print_summary(s) -> None:
+    from pathlib import Path
+    from mlflow.tracking import MlflowClient
+
+    art = MlflowClient(s.tracking_uri).get_run(s.mlflow_run_id).info.artifact_uri
+    grid = f"{art}/{s.last_grid}" if s.last_grid else "(none)"
+    print(f"\nrun {s.run_name}: {s.steps} steps in {s.seconds:.0f} s")
+    print(f"  MLflow run id : {s.mlflow_run_id}")
+    print(f"  sample grid   : {grid.removeprefix('file://')}")
+    print(f"  checkpoint    : {s.checkpoint}")
+    print(f"  resolved cfg  : {Path(s.run_dir) / 'resolved_config.yaml'}")
+    ui = s.tracking_uri if s.tracking_uri.startswith(("sqlite", "postgres", "mysql")) else None
+    if ui:
+        print(f"  browse        : mlflow ui --backend-store-uri {ui}   (then open http://127.0.0.1:5000)")
+    else:
+        print(f"  browse        : {s.tracking_uri}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ganforge", description="Distributed GAN training on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train from a YAML preset or file plus key=value overrides")
+    t.add_argument("config", help="preset name (see jobs/configs) or path to a YAML file")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 loss.kind=hinge")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    t.add_argument("--resume-from", help="start from this checkpoint folder (weights, optimizers, step)")
+    t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("quickstart", help="build shapestack shards if missing and train the small preset")
+    q.add_argument("overrides", nargs="*")
+    q.add_argument("--dry-run", action="store_true")
+    q.add_argument("--address")
+    q.set_defaults(func=cmd_quickstart)
+
+    s = sub.add_parser("shards", help="write WebDataset shards from a class-per-folder tree or a built-in set")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-folder", help="folder with one subfolder of images per class")
+    src.add_argument("--builtin", choices=["shapestack", "digits"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--resolution", type=int, default=32)
+    s.add_argument("--n", type=int, default=10000, help="samples (shapestack only)")
+    s.add_argument("--shard-size", type=int, default=1000)
+    s.add_argument("--format", choices=["png", "jpg"], default="png")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_shards)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except C.ConfigError as e:
+        print(f"ganforge: config error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # DataError, CheckpointError and friends: one line that names the thing.
+        print(f"ganforge: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
