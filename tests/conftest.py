@@ -1,0 +1,91 @@
+"""Shared fixtures: one real local Ray per session, an isolated GANFORGE_HOME, smoke shards."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Before anything starts Ray: faster controller polling, no preemption watcher noise, and no
+# telemetry files in the user's home.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ganforge_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("ganforge_home")
+    os.environ["GANFORGE_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return home
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    # 4 logical CPUs on 2 cores: Tune trials and their Train workers fit side by side.
+    ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_shards(ganforge_home) -> Path:
+    """The smoke preset's built-in shards (written once per session)."""
+    from jobs.train import builtin_shards
+    from pipeline import config as C
+
+    return builtin_shards(C.load("smoke"))
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (the lean form from PLATFORM_NOTES); yields its URI.
+    Own process group, so teardown stops the server and its worker together."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow_server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}; see {root / 'server.log'}")
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server not healthy after 120 s; see {root / 'server.log'}")
+            time.sleep(0.3)
+        yield uri
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
