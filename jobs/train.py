@@ -15,6 +15,10 @@ from pipeline.data import resolve_shards
 RUN_FILE = "ganforge_run.json"   # in the Ray Train run folder: links it to its MLflow run
 
 
+class TrainingError(RuntimeError):
+    """Training failed after Ray Train used up scaling.max_failures restarts."""
+
+
 @dataclass
 class TrainSummary:
     run_name: str
@@ -116,6 +120,13 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
     )
     try:
         result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        tracking.end_run(uri, run_id, ok=False)
+        # The worker's own exception (DataError, CheckpointError...) is the last line that says
+        # anything; the rest is Ray's wrapping.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise TrainingError(f"run {run_name} failed ({len(lines) and lines[-1]}); "
+                            f"MLflow run {run_id}, Ray run folder {run_dir}") from None
     except BaseException:
         tracking.end_run(uri, run_id, ok=False)
         raise

@@ -71,3 +71,12 @@ def test_cli_config_error_exits_2_before_ray(capsys):
 def test_flatten():
     flat = C.flatten(C.to_dict(C.load("smoke")))
     assert flat["model.name"] == "dcgan" and flat["train.steps"] == 8
+
+
+def test_cli_missing_shards_fail_before_ray(capsys, tmp_path):
+    import ray
+    missing = tmp_path / "nope" / "shard-{000000..000003}.tar"
+    assert cli.main(["train", "smoke", f"data.shards={missing}"]) == 1
+    err = capsys.readouterr().err
+    assert "shard-000000.tar" in err and "DataError" in err
+    assert not ray.is_initialized()
