@@ -1,0 +1,199 @@
+"""`ganforge fit-extractor` and `ganforge evaluate`. Wired into jobs/cli.py by add_commands()."""
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+
+def add_commands(sub) -> None:
+    f = sub.add_parser("fit-extractor", help="train the small offline feature extractor "
+                       "(ganforge-small-shapestack) on built-in shapestack, CPU, < 1 min")
+    f.add_argument("--out", help="weights file (default $GANFORGE_HOME/extractors/ganforge-small-shapestack.pt)")
+    f.add_argument("--steps", type=int, default=400)
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_fit_extractor)
+
+    e = sub.add_parser("evaluate", help="score a generator: checkpoint DIR, MLflow RUN_ID or models:/ URI")
+    e.add_argument("target", help="checkpoint folder (state.pt + meta.json), MLflow run id, or models:/NAME@alias")
+    e.add_argument("--metrics", default="fid,kid,coverage", help="comma-separated; known: see --list-metrics")
+    e.add_argument("--n", type=int, default=10000, help="generated images")
+    e.add_argument("--n-real", type=int, help="real images for the reference (default: all)")
+    e.add_argument("--extractor", default="ganforge-small-shapestack",
+                   help="ganforge-small-shapestack | inception-v3-tf-2015-12-05 | a weights file")
+    e.add_argument("--inception-weights", help="file, folder or URL of pt_inception-2015-12-05-6726825d.pth")
+    e.add_argument("--data", help="real data shard spec (default: the run config's data)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--truncation", type=float)
+    e.add_argument("--no-ema", action="store_true", help="evaluate the raw G instead of G_ema")
+    e.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    e.add_argument("--log", action="store_true", help="log scores and protocol tags into the MLflow run (RUN_ID only)")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def cmd_fit_extractor(args) -> int:
+    from pipeline.extractors import small
+
+    meta = small.fit(args.out, steps=args.steps, seed=args.seed)
+    out = Path(args.out) if args.out else small.default_path()
+    print(f"wrote {out} ({meta['name']}, sha256 {meta['sha256'][:16]}..., held-out glyph accuracy "
+          f"{meta['glyph_accuracy']:.4f}, {meta['seconds']:.0f} s)")
+    return 0
+
+
+class Target(NamedTuple):
+    G: object                  # the generator, eval mode, on CPU
+    cfg: object | None         # its run Config (None when the source has none)
+    run_id: str | None         # the MLflow run it came from, when given a run id
+    step: int                  # training step of the checkpoint (0 if unknown)
+    version: tuple[str, str] | None = None   # (registered name, version) for a models:/ URI
+
+
+def load_generator(target: str, ema: bool = True, tracking_uri: str | None = None) -> Target:
+    """Generator from a checkpoint folder (state.pt + meta.json), an MLflow run id whose artifacts
+    hold checkpoint/, or a registered generator: models:/ or runs:/ URI, or a folder made by
+    `ganforge pull` (through pipeline.registry, which checks its sha256)."""
+    import models
+    from pipeline import checkpoint
+    from pipeline import config as C
+
+    if target.startswith(("models:/", "runs:/")) or (Path(target) / "ganforge_model.json").is_file():
+        return _registered(target, ema, tracking_uri)
+    run_id = None
+    if Path(target).is_dir():
+        state = checkpoint.load(target)
+    elif re.fullmatch(r"[0-9a-f]{32}", target):
+        from mlflow.tracking import MlflowClient
+
+        from pipeline.tracking import tracking_uri as default_uri
+        run_id = target
+        with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as td:
+            state = checkpoint.load(MlflowClient(tracking_uri or default_uri()).download_artifacts(
+                run_id, "checkpoint", td))
+    else:
+        raise FileNotFoundError(f"{target}: not a checkpoint folder, MLflow run id, generator "
+                                "folder or models:/ URI")
+    cfg = C.from_dict(state["config"])
+    G = models.build(cfg.model)["G"]
+    G.load_state_dict(state["G_ema" if ema else "G"])
+    return Target(G.eval().requires_grad_(False), cfg, run_id, int(state.get("step", 0)))
+
+
+def _registered(target: str, ema: bool, tracking_uri: str | None) -> Target:
+    import yaml
+
+    from pipeline import config as C
+
+    try:
+        from pipeline import generator_model as GM
+        from pipeline.registry import fetched
+    except ImportError:
+        raise ValueError(f"{target}: registered models are not supported yet (no pipeline.registry); "
+                         "pass a checkpoint folder or a run id") from None
+    if not ema:
+        raise ValueError(f"{target}: a registered generator holds the EMA weights only; drop --no-ema")
+    with fetched(target, tracking_uri) as (folder, mv):
+        G = GM.load_folder(folder, what=target)
+        cfg = C.from_dict(yaml.safe_load((folder / GM.CONFIG).read_text()))
+        step = int(GM.read_manifest(folder, target).get("step", 0))
+    return Target(G, cfg, mv.run_id if mv else None, step, (mv.name, str(mv.version)) if mv else None)
+
+
+def _real_data(args, cfg):
+    """-> (shard urls, per-shard counts or None, manifest sha, source, resolution)."""
+    import hashlib
+
+    from pipeline.data import resolve_shards
+
+    spec = args.data or (cfg.data.shards if cfg else None)
+    if spec is None:
+        if cfg is None:
+            raise ValueError("no real data: pass --data (the target carries no config)")
+        from jobs.train import builtin_shards
+        spec = str(builtin_shards(cfg))
+    urls, manifest = resolve_shards(spec)
+    if manifest:
+        counts = [s["count"] for s in manifest["shards"]]
+        return urls, counts, manifest["sha256"], manifest["path"], manifest["resolution"]
+    # No manifest: the spec itself is the fingerprint (weaker: shard contents are not hashed).
+    res = cfg.data.resolution if cfg else None
+    if res is None:
+        raise ValueError(f"{spec}: no manifest to read the resolution from and no config")
+    return urls, None, "spec-" + hashlib.sha256(spec.encode()).hexdigest(), spec, res
+
+
+def cmd_evaluate(args) -> int:
+    from pipeline import metrics
+    from pipeline.extractors import load_extractor
+    from pipeline.metrics import collect, reference
+    from pipeline.metrics.protocol import EvalConfig, Protocol
+
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [n for n in names if n not in metrics.list_metrics()]
+    if unknown:   # fail before any work
+        raise ValueError(f"--metrics: unknown {', '.join(unknown)} (known: {', '.join(metrics.list_metrics())})")
+    ecfg = EvalConfig(metrics=tuple(names), n_fake=args.n, n_real=args.n_real, extractor=args.extractor,
+                      inception_weights=args.inception_weights, batch_size=args.batch_size,
+                      seed=args.seed, truncation=args.truncation, ema=not args.no_ema)
+    G, cfg, run_id, step, version = load_generator(args.target, ema=ecfg.ema)
+    G.to(args.device)
+    needs = metrics.needs(names)
+    extractor = None
+    if needs & {"features", "logits", "real_stats", "real_features"}:
+        extractor = load_extractor(ecfg.extractor, weights=ecfg.inception_weights, device=args.device)
+    oracle = None
+    if "glyphs" in needs:
+        if cfg is not None and (cfg.data.shards or cfg.data.builtin != "shapestack") and not args.data:
+            print("ganforge: warning: coverage assumes shapestack images; this run's data may not be")
+        from pipeline.datasets.shapestack import oracle
+    ref = None
+    if needs & {"real_stats", "real_features"}:
+        urls, counts, sha, source, res = _real_data(args, cfg)
+        batches = reference.shard_batches(urls, res, batch_size=ecfg.batch_size, stop=ecfg.n_real, counts=counts)
+        ref = reference.reference_stats(batches, extractor, manifest_sha=sha, resolution=res, source=source,
+                                        limit=ecfg.n_real, keep=metrics.real_keep(names))
+    results, _ = collect.evaluate(G, names, extractor=extractor, ref=ref, cfg=ecfg, oracle=oracle)
+    proto = Protocol.of(extractor, ref, n_fake=ecfg.n_fake, truncation=ecfg.truncation, ema=ecfg.ema, seed=ecfg.seed)
+    keys = metrics.metric_keys(results, proto.extractor, proto.standard)
+    width = max(map(len, keys), default=0)
+    for k, v in keys.items():
+        print(f"{k:<{width}}  {v:.6g}")
+    for k, v in proto.tags().items():
+        print(f"  {k} = {v}")
+    if extractor is not None and not extractor.standard:
+        print(f"  (features from {extractor.name}: not comparable with standard Inception FIDs)")
+    if args.log:
+        if run_id is None:
+            raise ValueError("--log needs a RUN_ID or models:/ target (it logs into that run)")
+        from mlflow.tracking import MlflowClient
+
+        from pipeline.metrics.protocol import log_scores
+        from pipeline.tracking import tracking_uri
+        client = MlflowClient(tracking_uri())
+        log_scores(client, run_id, results, proto, step=step, ref_path=ref.path if ref else None)
+        print(f"logged to MLflow run {run_id}")
+        if version is not None:   # registered versions carry their scores and protocol as tags
+            for k, v in {**proto.tags(), **{k: f"{v:.6g}" for k, v in keys.items()}}.items():
+                client.set_model_version_tag(version[0], version[1], k, v)
+            print(f"tagged registered model {version[0]} version {version[1]}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Standalone entry until jobs/cli.py calls add_commands()."""
+    p = argparse.ArgumentParser(prog="ganforge")
+    add_commands(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

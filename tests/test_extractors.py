@@ -1,0 +1,214 @@
+"""Feature extractors: the FID InceptionV3's architecture and weight loading (random weights, no
+download), the small shapestack extractor's fit/load, and the evaluate/fit-extractor commands."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import inception as tv
+
+from pipeline.checkpoint import sha256_file
+from pipeline.extractors import inception, load_extractor, small
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory):
+    """A state dict shaped like pt_inception-2015-12-05-6726825d.pth, random values, saved under
+    that file name; BN statistics randomised too so that they matter."""
+    torch.manual_seed(0)
+    net = inception.FIDInceptionV3().net
+    state = {k: (torch.rand_like(v) + 0.5 if "running_var" in k else torch.randn_like(v) * 0.1)
+             if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    path = tmp_path_factory.mktemp("weights") / inception.WEIGHTS_FILE
+    torch.save(state, path)
+    return path
+
+
+def test_inception_state_dict_matches_the_fid_weights_layout():
+    # pytorch-fid loads its file into torchvision's Inception3(num_classes=1008, aux_logits=False)
+    # with patched blocks of the same parameters: the keys and shapes must be exactly those.
+    want = tv.Inception3(num_classes=1008, aux_logits=False, init_weights=False).state_dict()
+    got = inception.FIDInceptionV3().net.state_dict()
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+
+
+def test_inception_loads_weights_from_file_or_folder(random_inception_weights):
+    ex = load_extractor("inception", weights=str(random_inception_weights.parent))
+    assert ex.standard and ex.name == inception.NAME and ex.resize == "bilinear-299"
+    assert ex.sha256 == sha256_file(random_inception_weights)
+    f, logits = ex.both(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert f.shape == (2, 2048) and logits.shape == (2, 1008) and (f >= 0).all()
+
+
+def test_inception_matches_pytorch_fid(random_inception_weights, monkeypatch):
+    """Same weights in pytorch-fid's InceptionV3 (its loader patched to return them: no download)
+    give the same pool3 features: the TF pooling patches and the resize are the same."""
+    pf = pytest.importorskip("pytorch_fid.inception")
+    state = torch.load(random_inception_weights, weights_only=True)
+    monkeypatch.setattr(pf, "load_state_dict_from_url", lambda *a, **k: state)
+    theirs = pf.InceptionV3([3], resize_input=True, normalize_input=True).eval()
+    ours = inception.load(str(random_inception_weights))
+    x01 = torch.rand(2, 3, 24, 24)
+    with torch.no_grad():
+        want = theirs(x01)[0].flatten(1)
+    np.testing.assert_allclose(ours.features(x01 * 2 - 1).numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_missing_inception_weights_error_says_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(inception.InceptionWeightsMissing) as e:
+        load_extractor("inception")
+    msg = str(e.value)
+    home_cache = inception.cache_dirs()[0] / inception.WEIGHTS_FILE
+    assert str(home_cache) in msg and inception.WEIGHTS_URL in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / inception.WEIGHTS_FILE) in msg
+    with pytest.raises(inception.InceptionWeightsMissing, match=re.escape(str(tmp_path / "nope.pth"))):
+        load_extractor("inception", weights=str(tmp_path / "nope.pth"))
+
+
+def test_random_inception_is_never_standard():
+    ex = load_extractor("inception-random")
+    assert not ex.standard and ex.sha256 == "random" and "RANDOM" in ex.name
+
+
+@pytest.fixture(scope="module")
+def small_weights(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "small.pt"
+    meta = small.fit(out, steps=80, seed=0, n_train=1536, log=None)
+    return out, meta
+
+
+def test_small_extractor_fit_writes_weights_and_metadata(small_weights):
+    path, meta = small_weights
+    assert json.loads(path.with_suffix(".json").read_text()) == meta
+    assert meta["sha256"] == sha256_file(path) and meta["name"] == "ganforge-small-shapestack"
+    assert meta["glyph_accuracy"] > 0.8          # 80 steps; the default 400 reach ~0.9999
+
+
+def test_small_extractor_features_logits_and_batch_independence(small_weights):
+    from pipeline.datasets import shapestack
+
+    ex = load_extractor(str(small_weights[0]))
+    assert ex.name == small.NAME and not ex.standard and ex.sha256 == small_weights[1]["sha256"]
+    images, glyphs = shapestack.generate(64, 32, seed=9)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    f, logp = ex.both(x)
+    assert f.shape == (64, small.FEATURES) and logp.shape == (64, 1000)
+    torch.testing.assert_close(logp.exp().sum(1), torch.ones(64))     # a distribution over triples
+    read = logp.argmax(1).numpy()
+    assert (read == shapestack.mode_index(glyphs)).mean() > 0.5
+    # A sample's features do not depend on the rest of its batch (ranks batch differently).
+    torch.testing.assert_close(ex.features(x[5:9]), f[5:9], rtol=1e-5, atol=1e-5)
+    # Any resolution is resized to 32 px.
+    assert ex.features(torch.nn.functional.interpolate(x[:2], size=64)).shape == (2, small.FEATURES)
+
+
+def test_small_extractor_missing_weights_names_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ganforge fit-extractor"):
+        small.load(tmp_path / "none.pt")
+    with pytest.raises(ValueError, match="unknown extractor"):
+        load_extractor("vgg")
+
+
+# ---------------------------------------------------------------- commands
+
+@pytest.fixture(scope="module")
+def checkpoint_and_shards(tmp_path_factory):
+    import models
+    from pipeline import checkpoint
+    from pipeline import config as C
+    from pipeline.datasets import shapestack
+    from pipeline.shards import write_shards
+
+    root = tmp_path_factory.mktemp("evalcli")
+    cfg = C.load("smoke")
+    nets = models.build(cfg.model)
+    ckpt = checkpoint.save({"step": 8, "G": nets["G"].state_dict(), "G_ema": nets["G"].state_dict(),
+                            "config": C.to_dict(cfg)}, root / "ckpt")
+    write_shards(shapestack.samples(300, 16, 0), root / "shards", resolution=16, classes=shapestack.CLASSES,
+                 source="test", shard_size=100)
+    return ckpt, root / "shards"
+
+
+def test_fit_extractor_command(tmp_path, capsys, monkeypatch):
+    from jobs import eval_cli
+
+    data = small._data
+    monkeypatch.setattr(small, "_data", lambda n, seed: data(min(n, 384), seed))  # wiring, not accuracy
+
+    assert eval_cli.main(["fit-extractor", "--out", str(tmp_path / "x.pt"), "--steps", "5"]) == 0
+    assert "ganforge-small-shapestack" in capsys.readouterr().out and (tmp_path / "x.json").is_file()
+
+
+def test_evaluate_command_on_a_checkpoint_folder(checkpoint_and_shards, small_weights, capsys):
+    from jobs import eval_cli
+
+    ckpt, shards = checkpoint_and_shards
+    rc = eval_cli.main(["evaluate", str(ckpt), "--metrics", "fid,kid,is,coverage", "--n", "200",
+                        "--data", str(shards), "--extractor", str(small_weights[0]), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for key in ("eval/ganforge-small-shapestack/fid", "eval/ganforge-small-shapestack/kid_mean",
+                "eval/ganforge-small-shapestack/is_mean", "eval/coverage_modes", "eval/oracle_accuracy",
+                "eval.extractor_sha256 = " + small_weights[1]["sha256"], "eval.n_real = 300",
+                "eval.n_fake = 200", "not comparable with standard"):
+        assert key in out, key
+
+
+@pytest.mark.slow   # an sqlite MLflow store: ~15 s of schema migrations on 2 busy cores
+def test_evaluate_run_id_logs_scores_and_protocol(checkpoint_and_shards, small_weights, tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from jobs import eval_cli
+
+    ckpt, shards = checkpoint_and_shards
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("evaltest", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    client.log_artifacts(run_id, str(ckpt), artifact_path="checkpoint")
+    rc = eval_cli.main(["evaluate", run_id, "--metrics", "fid,coverage", "--n", "100", "--data", str(shards),
+                        "--extractor", str(small_weights[0]), "--device", "cpu", "--log"])
+    assert rc == 0 and f"logged to MLflow run {run_id}" in capsys.readouterr().out
+    run = client.get_run(run_id)
+    assert "eval/ganforge-small-shapestack/fid" in run.data.metrics and "eval/coverage_modes" in run.data.metrics
+    assert client.get_metric_history(run_id, "eval/coverage_modes")[0].step == 8
+    assert run.data.tags["eval.extractor"] == "ganforge-small-shapestack" and run.data.tags["eval.n_fake"] == "100"
+    assert [f.path.split("/")[0] for f in client.list_artifacts(run_id, "refstats")] == ["refstats"]
+
+
+def test_evaluate_registered_generator_folder(checkpoint_and_shards, small_weights, tmp_path, capsys):
+    """A folder as `ganforge pull` writes it goes through pipeline.registry (sha256-checked)."""
+    pytest.importorskip("pipeline.registry")
+    import models
+    from jobs import eval_cli
+    from pipeline import checkpoint
+    from pipeline import config as C
+    from pipeline import generator_model as GM
+
+    ckpt, shards = checkpoint_and_shards
+    state = checkpoint.load(ckpt)
+    cfg = C.from_dict(state["config"])
+    G = models.build(cfg.model)["G"]
+    G.load_state_dict(state["G_ema"])
+    GM.write_folder(G, cfg, tmp_path / "gen", step=8)
+    t = eval_cli.load_generator(str(tmp_path / "gen"))
+    assert t.step == 8 and t.cfg == cfg and t.version is None
+    assert eval_cli.main(["evaluate", str(tmp_path / "gen"), "--metrics", "coverage", "--n", "50",
+                          "--device", "cpu"]) == 0
+    assert "eval/coverage_modes" in capsys.readouterr().out
