@@ -59,6 +59,8 @@ def _print_summary(s) -> None:
     print(f"  MLflow run id : {s.mlflow_run_id}")
     print(f"  sample grid   : {grid.removeprefix('file://')}")
     print(f"  checkpoint    : {s.checkpoint}")
+    if s.model_uri:
+        print(f"  registered    : {s.model_uri}   (ganforge sample {s.model_uri} --n 16 --out grid.png)")
     print(f"  resolved cfg  : {Path(s.run_dir) / 'resolved_config.yaml'}")
     ui = s.tracking_uri if s.tracking_uri.startswith(("sqlite", "postgres", "mysql")) else None
     if ui:
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["png", "jpg"], default="png")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shards)
+
+    from jobs import eval_cli, registry_cli
+    registry_cli.add_commands(sub)
+    eval_cli.add_commands(sub)
     return p
 
 

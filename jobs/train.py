@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import config as C
-from pipeline import tracking
+from pipeline import evaluation, tracking
 from pipeline.data import resolve_shards
 
 RUN_FILE = "ganforge_run.json"   # in the Ray Train run folder: links it to its MLflow run
@@ -28,6 +28,7 @@ class TrainSummary:
     steps: int
     checkpoint: str | None
     last_grid: str | None          # artifact path inside the MLflow run
+    model_uri: str | None          # registered generator version, when tracking.register
     seconds: float
 
 
@@ -76,9 +77,6 @@ def _init_ray(address: str | None) -> None:
 
 def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSummary:
     import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from pipeline.train_loop import train_loop_per_worker
 
     t0 = time.time()
     urls, manifest, spec = _shards(cfg)
@@ -93,7 +91,8 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
         run_id = json.loads(link.read_text())["mlflow_run_id"]
         print(f"[ganforge] continuing run {run_name} (MLflow run {run_id})", flush=True)
     else:
-        tags = {"ganforge.run_dir": str(run_dir), "ganforge.data": spec}
+        from pipeline.registry import git_commit
+        tags = {"ganforge.run_dir": str(run_dir), "ganforge.data": spec, "ganforge.git_commit": git_commit()}
         if manifest:
             tags["ganforge.data_sha256"] = manifest.get("sha256", "")
         run_id = tracking.start_run(cfg, run_name, uri, tags=tags)
@@ -101,23 +100,8 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
     (run_dir / "resolved_config.yaml").write_text(C.dump_yaml(cfg))
 
     _init_ray(cfg.scaling.address)
-    s = cfg.scaling
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": C.to_dict(cfg), "shard_urls": urls,
-            "shard_counts": [sh["count"] for sh in manifest["shards"]] if manifest else None,
-            "tracking_uri": uri, "mlflow_run_id": run_id, "run_dir": str(run_dir),
-            "resume_from": resume_from,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu,
-            resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
-    )
+    trainer = build_trainer(cfg, urls=urls, manifest=manifest, run_name=run_name, storage=storage,
+                            tracking_uri=uri, mlflow_run_id=run_id, resume_from=resume_from, spec=spec)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
@@ -130,15 +114,59 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
     except BaseException:
         tracking.end_run(uri, run_id, ok=False)
         raise
-    ckpt_path = None
+    ckpt_path = model_uri = None
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             ckpt_path = result.checkpoint.path
             if cfg.tracking.log_checkpoint:
                 tracking.RankZeroLogger(uri, run_id).artifacts(d, "checkpoint")
+            if cfg.tracking.register:
+                model_uri = _register(d, cfg, uri, run_id)
     tracking.end_run(uri, run_id, ok=True)
     ret = result.return_value or {}
     return TrainSummary(run_name=run_name, run_dir=str(run_dir), mlflow_run_id=run_id,
                         tracking_uri=uri, steps=int((result.metrics or {}).get("step", ret.get("step", 0))),
                         checkpoint=ckpt_path, last_grid=ret.get("last_grid"),
-                        seconds=time.time() - t0)
+                        model_uri=model_uri, seconds=time.time() - t0)
+
+
+def _register(ckpt_dir: str, cfg: C.Config, uri: str, run_id: str) -> str | None:
+    """Register the EMA generator; a registry hiccup must not fail a finished training."""
+    from pipeline import registry
+
+    try:
+        mv = registry.register_checkpoint(ckpt_dir, tracking_uri=uri, run_id=run_id,
+                                          name=cfg.tracking.model_name, alias=cfg.tracking.model_alias)
+    except Exception as e:  # noqa: BLE001 - reported, and recoverable with `ganforge register`
+        print(f"[ganforge] registration failed: {e}; retry with `ganforge register {run_id}`", flush=True)
+        return None
+    return f"models:/{mv.name}/{mv.version}"
+
+
+def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_name: str,
+                  storage: Path, tracking_uri: str, mlflow_run_id: str,
+                  resume_from: str | None = None, callbacks: list | None = None, spec: str = ""):
+    """The TorchTrainer for one run; shared by `run_training` and each Tune trial."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.train_loop import train_loop_per_worker
+
+    s = cfg.scaling
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": C.to_dict(cfg), "shard_urls": urls,
+            "shard_counts": [sh["count"] for sh in manifest["shards"]] if manifest else None,
+            "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id,
+            "run_dir": str(storage / run_name), "resume_from": resume_from,
+            "eval": evaluation.prepare(cfg, urls, manifest, spec) if cfg.eval.every else None,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu,
+            resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=str(storage), callbacks=callbacks,
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+    )

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 import models
+from pipeline.metrics.protocol import EvalConfig
 
 
 class ConfigError(ValueError):
@@ -117,6 +118,9 @@ class TrackingConfig:
     experiment: str = "ganforge"
     samples: int = 64             # images in each sample grid (fixed latents, fixed classes)
     log_checkpoint: bool = True   # log the final checkpoint as an MLflow artifact
+    register: bool = True         # register the final EMA generator in the MLflow model registry
+    model_name: str | None = None  # registered model name; None = ganforge-<family>
+    model_alias: str | None = None  # also point this alias at the new version (e.g. "champion")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +146,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)   # in-loop evaluation (off by default)
     preset: str = "custom"        # the preset file it came from, for run names
 
 

@@ -6,7 +6,10 @@ same number of times (it is a barrier) and DDP never waits on a rank that ran ou
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +23,7 @@ import models
 from pipeline import checkpoint, steps
 from pipeline import config as C
 from pipeline.data import RankStream, to_float
+from pipeline.evaluation import InLoopEval
 from pipeline.tracking import RankZeroLogger
 
 log = logging.getLogger("ganforge.train")
@@ -140,6 +144,9 @@ def train_loop_per_worker(loop: dict) -> dict:
     logger = RankZeroLogger(loop["tracking_uri"], loop["mlflow_run_id"]) if rank == 0 else None
     fixed_z, fixed_y = _fixed_latents(cfg, G_inner, device)
     bar = _Progress(cfg.train.steps, start) if rank == 0 else None
+    evaluator = (InLoopEval(cfg, loop["eval"], rank=rank, world=world, device=device,
+                            gather=lambda obj: _gather(obj, world)) if cfg.eval.every else None)
+    best = _best_so_far(loop["run_dir"])
 
     acc: dict[str, torch.Tensor] = {}
     n_acc, skipped, converted, bad_keys = 0, 0, 0, []
@@ -182,7 +189,17 @@ def train_loop_per_worker(loop: dict) -> dict:
                 log.warning("rank %d skipped bad samples, first: %s", rank, bad_keys[:5])
                 bad_keys = []
             positions = _gather(data_position, world)
-            rngs = _gather(checkpoint.rng_state(), world) if ckpt_due else None
+            eval_due = evaluator is not None and evaluator.due(step, last)
+            rngs = _gather(checkpoint.rng_state(), world) if ckpt_due or eval_due else None
+            state = lambda: {"step": step, "G": G_inner.state_dict(),  # noqa: E731
+                             "D": getattr(D, "module", D).state_dict(), "G_ema": G_ema.state_dict(),
+                             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                             "data_positions": positions, "rng": rngs, "config": loop["config"]}
+            scores = {}
+            if eval_due:   # log_scores logs these to MLflow with their protocol tags
+                scores = evaluator.run(G_ema if cfg.eval.ema else G_inner, step,
+                                       logger and logger.client, loop["mlflow_run_id"])
+                best = _keep_best(scores, best, cfg.eval.best_metric, state, loop["run_dir"]) if rank == 0 else best
             report_ckpt = None
             with tempfile.TemporaryDirectory() as td:
                 if rank == 0:
@@ -190,21 +207,39 @@ def train_loop_per_worker(loop: dict) -> dict:
                     if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
                         last_grid = _log_grid(logger, G_ema, fixed_z, fixed_y, step)
                     if ckpt_due:
-                        state = {"step": step, "G": G_inner.state_dict(),
-                                 "D": getattr(D, "module", D).state_dict(),
-                                 "G_ema": G_ema.state_dict(), "opt_g": opt_g.state_dict(),
-                                 "opt_d": opt_d.state_dict(), "data_positions": positions,
-                                 "rng": rngs, "config": loop["config"]}
-                        checkpoint.save(state, td, meta={"model": loop["config"]["model"]["name"]})
+                        checkpoint.save(state(), td, meta={"model": loop["config"]["model"]["name"]})
                         report_ckpt = ray.train.Checkpoint.from_directory(td)
                     if bar is not None:
                         bar.show(step, metrics)
-                ray.train.report(metrics, checkpoint=report_ckpt)
+                ray.train.report({**metrics, **scores}, checkpoint=report_ckpt)
     finally:
         stream.close()
         if bar is not None:
             bar.close()
     return {"step": total, "last_grid": last_grid}
+
+
+def _best_so_far(run_dir: str) -> float:
+    meta = Path(run_dir) / "best_checkpoint" / checkpoint.META
+    return float(json.loads(meta.read_text()).get("best_score", "inf")) if meta.is_file() else float("inf")
+
+
+def _keep_best(scores: dict[str, float], best: float, metric: str, state, run_dir: str) -> float:
+    """Rank 0: copy the full state to <run_dir>/best_checkpoint when `metric` improves (lower is
+    better). Written beside and renamed over, so the best checkpoint is never half-written."""
+    key = next((k for k in scores if k.split("/")[-1] == metric), None)
+    if key is None or not scores[key] < best:
+        return best
+    final = Path(run_dir) / "best_checkpoint"
+    tmp = final.with_name(f".best_checkpoint.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    checkpoint.save(state(), tmp, meta={"best_metric": key, "best_score": scores[key]})
+    old = final.with_name(f".best_checkpoint.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return scores[key]
 
 
 def _log_grid(logger: RankZeroLogger, G_ema, z, y, step: int) -> str:
