@@ -25,7 +25,7 @@ class Family:
 
 _REGISTRY: dict[str, Family] = {}
 # Families live in their own modules; import them lazily so `import models` stays cheap.
-_MODULES = ("models.dcgan",)
+_MODULES = ("models.dcgan", "models.biggan", "models.biggan_deep", "models.progan")
 
 
 def register(name: str, config_cls: type):

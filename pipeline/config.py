@@ -64,9 +64,10 @@ class LossConfig:
     gp_weight: float = 0.0        # WGAN-GP gradient penalty weight (lambda); 0 disables
     r1_gamma: float = 0.0         # R1 penalty on real data (gamma); 0 disables
     drift_weight: float = 0.0     # ProGAN drift term eps * E[D(x)^2]; 0 disables
+    ortho_weight: float = 0.0     # BigGAN orthogonal regularization of G (beta); 0 disables
 
     def __post_init__(self):
-        for k in ("gp_weight", "r1_gamma", "drift_weight"):
+        for k in ("gp_weight", "r1_gamma", "drift_weight", "ortho_weight"):
             _check(getattr(self, k) >= 0, f"loss.{k}", "must be >= 0")
 
 

@@ -4,6 +4,8 @@ They run in fp32 outside autocast: double backward through bf16 is too noisy for
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -31,3 +33,30 @@ def r1_penalty(D, real: torch.Tensor, y=None) -> torch.Tensor:
 def drift(real_logits: torch.Tensor) -> torch.Tensor:
     """ProGAN drift term: keeps the critic's output near zero."""
     return real_logits.float().pow(2).mean()
+
+
+def orthogonal(model: torch.nn.Module) -> torch.Tensor:
+    """BigGAN's orthogonal regularization (Brock et al. 2019, eq. 3, without beta): the sum over
+    weight matrices W in PyTorch's [out, in*k*k] layout of ||W W^T * (1 - I)||_F^2, on the raw
+    weights under spectral norm as BigGAN-PyTorch does. Embeddings and 1-D params are skipped.
+
+    Uses ||W W^T||_F = ||W^T W||_F and diag(W W^T) = squared row norms, so each term costs the
+    smaller Gram matrix: a [24576, 20] input layer needs a 20x20 product, not 24576x24576 (tall
+    matrices pay with a difference of two sums, exact to fp32 rounding). Runs in fp32 outside
+    autocast. BigGAN-PyTorch adds 2*beta*((W W^T) * (1 - I)) W to the gradient, which
+    is this term's gradient at weight beta / 2.
+    """
+    skip = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.ndim >= 2 and p.requires_grad and id(p) not in skip]
+    if not params:
+        return torch.zeros(())
+    terms = []
+    dev = params[0].device.type
+    with torch.autocast(dev, enabled=False) if dev in ("cuda", "cpu") else contextlib.nullcontext():
+        for p in params:
+            w = p.flatten(1).float()
+            if w.shape[0] <= w.shape[1]:          # the off-diagonal is twice the strict upper triangle
+                terms.append(2 * (w @ w.T).triu(1).square().sum())
+            else:
+                terms.append((w.T @ w).square().sum() - w.square().sum(1).square().sum())
+    return torch.stack(terms).sum()

@@ -63,10 +63,15 @@ def g_step(G, D, opt_g, n: int, y: torch.Tensor | None, ph: Phase, device) -> di
     with ph.amp():
         fake = G(sample_z(n, ph.z_dim, device), y)
         loss = losses.g_loss(ph.loss.kind, D(fake, y).float())
+    stats = {"loss_g": loss.detach()}
+    if ph.loss.ortho_weight > 0:
+        ortho = regularizers.orthogonal(getattr(G, "module", G))
+        loss = loss + ph.loss.ortho_weight * ortho
+        stats["ortho"] = ortho.detach()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
-    return {"loss_g": loss.detach()}
+    return stats
 
 
 @torch.no_grad()

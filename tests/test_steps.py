@@ -56,3 +56,11 @@ def test_ema_step():
     assert torch.allclose(p_ema, 0.75 * (p_g - 1) + 0.25 * p_g)
     steps.ema_step(ema, G, 0.0)
     assert torch.equal(next(ema.parameters()), p_g)
+
+
+def test_g_step_applies_orthogonal_regularization():
+    torch.manual_seed(0)
+    G, D = _nets(0)["G"], _nets(0)["D"]
+    ph = steps.Phase(loss=LossConfig(kind="hinge", ortho_weight=1.0), z_dim=G.z_dim, conditional=False)
+    out = steps.g_step(G, D, torch.optim.SGD(G.parameters(), lr=0.0), 4, None, ph, "cpu")
+    assert out["ortho"] > 0
