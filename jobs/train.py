@@ -179,6 +179,8 @@ def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_
             resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=str(storage), callbacks=callbacks,
+            # Per-report INFO lines would bury the progress bar; Ray's log files keep them.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
     )
