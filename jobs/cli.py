@@ -8,13 +8,13 @@ from pipeline import config as C
 
 
 def _load(args) -> C.Config:
-    return C.load(args.config, args.overrides)
+    # --address is a shorthand for the scaling.address override (new settings live in config).
+    extra = [f"scaling.address={args.address}"] if getattr(args, "address", None) else []
+    return C.load(args.config, [*args.overrides, *extra])
 
 
 def cmd_train(args) -> int:
     cfg = _load(args)
-    if args.address:
-        cfg = C.from_dict({**C.to_dict(cfg), "scaling": {**C.to_dict(cfg)["scaling"], "address": args.address}})
     if args.dry_run:
         print(C.dump_yaml(cfg), end="")
         return 0

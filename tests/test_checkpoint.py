@@ -1,5 +1,4 @@
 import json
-import pickle
 import random
 
 import numpy as np

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,7 +41,7 @@ def test_train_tracks_everything(ray_session, smoke_shards, tmp_path):
     grids = _artifacts(s, "samples")
     assert grids == ["samples/step_0000004.png", "samples/step_0000008.png"]
     assert s.last_grid == "samples/step_0000008.png"
-    saved = yaml.safe_load(open(f"{s.run_dir}/resolved_config.yaml"))
+    saved = yaml.safe_load((Path(s.run_dir) / "resolved_config.yaml").read_text())
     assert C.from_dict(saved).train.steps == 8
     assert "resolved_config.yaml" in _artifacts(s, None)
     assert {"checkpoint/state.pt", "checkpoint/meta.json"} <= set(_artifacts(s, "checkpoint"))
