@@ -57,7 +57,7 @@ def test_inception_loads_weights_from_file_or_folder(random_inception_weights):
 def test_inception_matches_pytorch_fid(random_inception_weights, monkeypatch):
     """Same weights in pytorch-fid's InceptionV3 (its loader patched to return them: no download)
     give the same pool3 features: the TF pooling patches and the resize are the same."""
-    pf = pytest.importorskip("pytorch_fid.inception")
+    import pytorch_fid.inception as pf
     state = torch.load(random_inception_weights, weights_only=True)
     monkeypatch.setattr(pf, "load_state_dict_from_url", lambda *a, **k: state)
     theirs = pf.InceptionV3([3], resize_input=True, normalize_input=True).eval()
