@@ -18,9 +18,9 @@ trial aborts its Train run the way Ctrl-C does, and the next trial reuses the pr
 Objective: with in-loop evaluation on (eval.every > 0) the default is eval.best_metric (FID on the
 configured extractor), minimised; trials report it every eval.every steps and carry the latest
 score in between. Evaluation is off by default (each one generates eval.n_fake images and runs
-the extractor over them), so without it the default is the proxy `d_gap` = d_real - d_fake: the critic's mean score gap over
-the last log window (the Wasserstein estimate for a WGAN critic), minimised - the less D separates
-real from fake, the better G. It is free and reported every `train.log_every` steps, which ASHA
+the extractor over them), so without it the default is the proxy `d_gap` = d_real - d_fake:
+the critic's mean score gap over the last log window (the Wasserstein estimate for a WGAN
+critic), minimised - the less D separates real from fake, the better G. It is free and reported every `train.log_every` steps, which ASHA
 and PBT need. Its caveat: it is only comparable between runs whose critic has a similar scale,
 and gp_weight, r1_gamma and spectral norm change that scale (a stronger penalty shrinks the gap),
 so it leans towards heavier regularisation. `--objective KEY --mode min|max` ranks by any

@@ -8,6 +8,7 @@ import time
 from jobs.tune import results, runs, schedulers, trial
 from jobs.tune.study import Study, StudyResult
 
+
 def init_ray(address: str | None) -> None:
     """jobs.train's local Ray, plus one setting for hosts that run several Ray instances."""
     import socket

@@ -12,6 +12,7 @@ from jobs.tune import runs
 from jobs.tune.study import SEED_KEY, Study, StudyResult
 from pipeline import search_space as S
 
+
 def _status(r, steps: int) -> str:
     if r.error is not None:
         return "error"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from jobs.tune.study import Study
 from pipeline import config as C
 
+
 def child_run(study: Study, cfg: C.Config, trial_id: str, run_name: str) -> str:
     """The trial's MLflow run under the study's parent: found by tag when the trial restarts
     (PBT, pause, --resume), so one trial keeps one metric history."""

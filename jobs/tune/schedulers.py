@@ -5,6 +5,7 @@ from jobs.tune.study import SCHED_TIME, SEED_KEY, TRIAL_CPU, Study
 from pipeline import config as C
 from pipeline import search_space as S
 
+
 def pbt_interval(config: dict, sp: S.Space) -> int:
     """PBT copies a trial's latest Tune checkpoint: perturb only at steps that write one."""
     ckpt_every = config["train"]["checkpoint_every"]

@@ -16,6 +16,7 @@ from jobs.tune import runs
 from jobs.tune.study import PROXY, SCHED_TIME, TRIAL_CPU, Study
 from pipeline import search_space as S
 
+
 class Mailbox:
     """One report at a time from the Train controller to the trial function, and back an ack
     once Tune has taken it (one small async actor: each actor is a process to start).
