@@ -23,10 +23,18 @@ def ganforge_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
+    import socket
+
     import ray
 
+    # Ray Train's placement-group cleaner finds its cluster with the state API, which scans for
+    # "the" local Ray and fails on a host running several; workers inherit this address instead.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     # 4 logical CPUs on 2 cores: Tune trials and their Train workers fit side by side.
-    ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_port=port, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
