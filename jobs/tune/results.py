@@ -106,7 +106,10 @@ def plot_objective(study: Study, sp: S.Space, rows: list[dict], summary: list[di
                         fmt="s", color="black", capsize=3, label=f"mean ± std ({study.seeds} seeds)")
         if k in sp.params and sp.params[k].log_scale:
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())   # labels overlap
+            # Ticks at 1, 2, 5 per decade: a range inside one decade (20..90) still gets labels.
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(k)
         ax.set_ylabel(f"{study.objective} ({study.mode})")
         ax.grid(alpha=0.3)
