@@ -17,14 +17,15 @@ def init_ray(address: str | None) -> None:
 
     from jobs import train
 
-    if ray.is_initialized() or address is not None or os.environ.get("RAY_API_SERVER_ADDRESS"):
-        train._init_ray(address)
+    if ray.is_initialized() or address is not None or os.environ.get("RAY_ADDRESS"):
+        train._init_ray(address)                  # joining a cluster: it has its own settings
         return
     # Ray Train restarts or stops a trial's workers through a detached placement-group cleaner
     # that finds its cluster with the state API, which looks for "the" local Ray by scanning
     # processes and gives up when the host runs several (other users' sessions, test runs):
     # the stopped trial's CPUs then stay reserved and later trials wait forever. Every process
-    # of this cluster inherits the driver's environment, so name our dashboard there.
+    # of this cluster inherits the driver's environment, so name our dashboard there (replacing
+    # an inherited one: it would point at another cluster).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
