@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shards)
 
-    from jobs import eval_cli, registry_cli
+    from jobs import eval_cli, registry_cli, tune_cli
     registry_cli.add_commands(sub)
     eval_cli.add_commands(sub)
+    tune_cli.add_commands(sub)
     return p
 
 

@@ -23,10 +23,23 @@ def ganforge_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
+    import socket
+
     import ray
 
+    # Ray Train's placement-group cleaner finds its cluster with the state API, which scans for
+    # "the" local Ray and fails on a host running several; workers inherit this address instead.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    before = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     # 4 logical CPUs on 2 cores: Tune trials and their Train workers fit side by side.
-    ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_port=port, logging_level="WARNING")
+    # Only this cluster's processes need it: a subprocess starting its own Ray must not inherit it.
+    os.environ.pop("RAY_API_SERVER_ADDRESS")
+    if before is not None:
+        os.environ["RAY_API_SERVER_ADDRESS"] = before
     yield ray
     ray.shutdown()
 

@@ -1,0 +1,76 @@
+"""The study driver: start the parent run, start or join Ray, fit the Tuner (or restore it
+with --resume), then hand the results to results.finish."""
+from __future__ import annotations
+
+import os
+import time
+
+from jobs.tune import results, runs, schedulers, trial
+from jobs.tune.study import Study, StudyResult
+
+
+def init_ray(address: str | None) -> None:
+    """jobs.train's local Ray, plus one setting for hosts that run several Ray instances."""
+    import socket
+
+    import ray
+
+    from jobs import train
+
+    if ray.is_initialized() or address is not None or os.environ.get("RAY_ADDRESS"):
+        train._init_ray(address)                  # joining a cluster: it has its own settings
+        return
+    # Ray Train restarts or stops a trial's workers through a detached placement-group cleaner
+    # that finds its cluster with the state API, which looks for "the" local Ray by scanning
+    # processes and gives up when the host runs several (other users' sessions, test runs):
+    # the stopped trial's CPUs then stay reserved and later trials wait forever. Every process
+    # of this cluster inherits the driver's environment, so name our dashboard there (replacing
+    # an inherited one: it would point at another cluster).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    ray.init(include_dashboard=True, dashboard_port=port, logging_level="WARNING", configure_logging=True)
+
+
+def run_study(study: Study, *, resume: bool = False) -> StudyResult:
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    t0 = time.time()
+    sp = study.space()
+    if not study.parent_run_id:
+        study.parent_run_id = runs.start_parent(study)
+        study.save()
+    init_ray(study.config["scaling"]["address"])
+    exp_dir = study.path / "tune"
+    print(f"[ganforge] study {study.name}: {study.dir}\n[ganforge]   resume with: "
+          f"ganforge tune --resume {study.name}", flush=True)
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trial.trainable(study),
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        pbt = study.scheduler == "pbt"
+        tuner = tune.Tuner(
+            trial.trainable(study),
+            param_space=schedulers.param_space(study, sp),
+            tune_config=tune.TuneConfig(
+                metric=study.objective, mode=study.mode, num_samples=study.trials,
+                scheduler=schedulers.make(study, sp),
+                # The next trial starts in the finished one's process: no new Python, no imports.
+                reuse_actors=True,
+                # Seeds are a grid: keep each sampled configuration constant across its seeds.
+                # (Tune ignores max_concurrent_trials when given a search generator.)
+                search_alg=BasicVariantGenerator(constant_grid_search=True,
+                                                 max_concurrent=schedulers.max_concurrent(study)),
+                trial_name_creator=trial.trial_name, trial_dirname_creator=trial.trial_dirname),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=study.dir, verbose=1,
+                # PBT may hand any trial's checkpoint to another trial later: keep them all.
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=None if pbt else study.config["train"]["keep_checkpoints"]),
+                failure_config=tune.FailureConfig(max_failures=0)))
+    grid = tuner.fit()
+    return results.finish(study, grid, t0)

@@ -1,0 +1,183 @@
+"""One trial: a Ray Train run of the study's base config with the trial's values, its reports
+handed to Tune together with their checkpoints (so PBT can exploit and a restore can continue)."""
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ray.train import UserCallback
+
+from jobs.tune import runs
+from jobs.tune.study import PROXY, SCHED_TIME, TRIAL_CPU, Study
+from pipeline import search_space as S
+
+
+class Mailbox:
+    """One report at a time from the Train controller to the trial function, and back an ack
+    once Tune has taken it (one small async actor: each actor is a process to start).
+    Once closed, deliveries return at once: a Train run being aborted must not wait on a trial
+    that stopped listening."""
+
+    def __init__(self):
+        self.reports, self.acks, self.closed = asyncio.Queue(1), asyncio.Queue(1), False
+
+    async def deliver(self, item) -> None:
+        if self.closed:
+            return
+        await self.reports.put(item)
+        if item is not None:
+            await self.acks.get()
+
+    async def take(self):
+        return await self.reports.get()
+
+    async def ack(self) -> None:
+        await self.acks.put(True)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.acks.empty():
+            self.acks.put_nowait(True)             # releases a delivery waiting for its ack
+
+
+class ForwardToTrial(UserCallback):
+    """Ray Train callback (runs in the Train controller): hand each report - rank 0's metrics
+    (the loop already averages them over ranks) and the persisted checkpoint's path - to the
+    trial function, and wait until Tune has taken it. The wait keeps Tune's copy of a
+    checkpoint ahead of Train's `keep_checkpoints` deletions. The first report also carries the
+    controller's handle, so that a trial Tune stops can abort its Train run cleanly."""
+
+    def __init__(self, mailbox):
+        self.mailbox, self.sent_handle = mailbox, False
+
+    def after_report(self, run_context, metrics, checkpoint):
+        import ray
+
+        item = {"metrics": dict(metrics[0]), "checkpoint": checkpoint.path if checkpoint else None}
+        if not self.sent_handle:
+            item["controller"], self.sent_handle = ray.get_runtime_context().current_actor, True
+        ray.get(self.mailbox.deliver.remote(item))
+
+
+class Objective:
+    """Puts the objective in every report. An evaluation score (eval.every > 0) comes only every
+    eval.every steps and under its full key (eval/<extractor>/fid): a short name (fid) finds it,
+    and reports in between carry the latest score (NaN before the first), as Tune wants the
+    metric in every result."""
+
+    def __init__(self, key: str):
+        self.key, self.last = key, math.nan
+
+    def fill(self, metrics: dict) -> dict:
+        if self.key in metrics:
+            return {}
+        hit = next((k for k in metrics if k.startswith("eval/") and k.split("/")[-1] == self.key), None)
+        if hit is not None:
+            self.last = metrics[hit]
+        return {self.key: self.last}
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def trial_name(trial) -> str:
+    return trial.trial_id
+
+
+def _train_run_name(train_root: Path, trial_id: str, from_checkpoint: bool) -> str:
+    """`<trial_id>` for a fresh start; `<trial_id>-rN` for each start from a Tune checkpoint. A
+    Train run name is never reused for a different starting point: Ray Train would silently
+    restore that run's own latest checkpoint instead of the one PBT handed over."""
+    if not from_checkpoint and not (train_root / trial_id).exists():
+        return trial_id
+    n = 1
+    while (train_root / f"{trial_id}-r{n}").exists():
+        n += 1
+    return f"{trial_id}-r{n}"
+
+
+def run_trial(config: dict, study: dict) -> None:
+    """One Tune trial: a Ray Train run of the base config with this trial's values."""
+    import ray
+    import ray.tune
+
+    from jobs.train import build_trainer
+    from pipeline import tracking
+
+    # A reused trial actor waits this long for the previous trial's thread, which may be
+    # aborting its Train run (below); Tune's default is 2 s.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    st = Study(**study)
+    trial_id = ray.tune.get_context().get_trial_id()
+    values = {k: config[k] for k in sorted(config)}
+    ckpt = ray.tune.get_checkpoint()
+    # Tune checkpoints live in <study>/tune/<trial_id>/checkpoint_*: the folder names the trial
+    # whose weights this start continues (another trial's after a PBT exploit).
+    origin = Path(ckpt.path).parent.name if ckpt else ""
+    train_root = st.path / "train"
+    run_name = _train_run_name(train_root, trial_id, ckpt is not None)
+    cfg = S.apply(st.config, {**values, "train.run_name": run_name, "train.storage_path": str(train_root)})
+    run_id = runs.child_run(st, cfg, trial_id, run_name)
+    objective = Objective(st.objective)
+    logger = tracking.RankZeroLogger(st.tracking_uri, run_id)
+    if ckpt:
+        logger.client.set_tag(run_id, "ganforge.resumed_from", f"{origin}:{ckpt.path}")
+
+    mailbox = ray.remote(num_cpus=0)(Mailbox).remote()
+    trainer = build_trainer(cfg, urls=st.shard_urls, manifest=st.manifest, run_name=run_name,
+                            storage=train_root, tracking_uri=st.tracking_uri, mlflow_run_id=run_id,
+                            resume_from=ckpt.path if ckpt else None, spec=st.data_spec,
+                            callbacks=[ForwardToTrial(mailbox)])
+    outcome: dict[str, Any] = {}
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:            # handed to the trial thread, raised there
+            outcome["error"] = e
+        finally:
+            mailbox.deliver.remote(None)
+
+    fitting = threading.Thread(target=fit, name=f"fit-{trial_id}", daemon=True)
+    fitting.start()
+    numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    controller = None
+    try:
+        while (item := ray.get(mailbox.take.remote())) is not None:
+            controller = item.get("controller", controller)
+            m = item["metrics"]
+            extra = {PROXY: m["d_real"] - m["d_fake"], **numeric}
+            extra.update(objective.fill({**m, **extra}))
+            clock = {SCHED_TIME: m["step"]} if m["step"] < cfg.train.steps else {}
+            logger.metrics(extra, int(m["step"]))       # beside rank 0's loss curves, same steps
+            tune_ckpt = ray.tune.Checkpoint.from_directory(item["checkpoint"]) if item["checkpoint"] else None
+            ray.tune.report({**m, **extra, **clock, **{k: v for k, v in values.items() if k not in numeric},
+                             "origin_trial": origin, "train_run": run_name,
+                             "checkpoint_path": item["checkpoint"] or ""}, checkpoint=tune_ckpt)
+            mailbox.ack.remote()
+    except BaseException:
+        # Tune stops (ASHA) or pauses (PBT) a trial by raising SystemExit in report. Abort the
+        # Train run the way Ctrl-C does - workers stopped, their CPUs released - rather than
+        # leaving it to die with this process: the actor may be reused for the next trial.
+        mailbox.close.remote()                      # frees the controller's callback
+        if controller is not None:
+            controller.abort.remote()
+        fitting.join(timeout=60)
+        raise
+    finally:
+        ray.kill(mailbox)
+    tracking.end_run(st.tracking_uri, run_id, ok="error" not in outcome)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def trainable(study: Study):
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(run_trial, study=asdict(study)), {"CPU": TRIAL_CPU})
