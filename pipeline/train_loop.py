@@ -45,6 +45,10 @@ def _autocast(cfg: C.Config, device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
 
 
+def _fast_cuda(cfg: C.Config, device) -> bool:
+    return device.type == "cuda" and cfg.train.precision != "fp32"
+
+
 def _fixed_latents(cfg: C.Config, G, device):
     """The same latents and classes for every grid of every run with this seed."""
     g = torch.Generator().manual_seed(cfg.train.seed + 12345)
@@ -108,7 +112,9 @@ def train_loop_per_worker(loop: dict) -> dict:
     torch.manual_seed(cfg.train.seed * 1000 + rank)   # per-rank noise; overwritten on resume
 
     nets = models.build(cfg.model)
-    G, D = nets["G"].to(device), nets["D"].to(device)
+    # NHWC weights and activations are cuDNN's fast path for bf16 convolutions.
+    fmt = torch.channels_last if _fast_cuda(cfg, device) else torch.preserve_format
+    G, D = nets["G"].to(device, memory_format=fmt), nets["D"].to(device, memory_format=fmt)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g, opt_d = _optimizers(G, D, cfg.optim, device)
 
@@ -185,7 +191,7 @@ def train_loop_per_worker(loop: dict) -> dict:
                 if grow is not None:
                     real = grow.reals(real)
                 y = batch.labels.to(device, non_blocking=True)
-                if cfg.train.precision != "fp32" and device.type == "cuda":
+                if _fast_cuda(cfg, device):
                     real = real.contiguous(memory_format=torch.channels_last)
                 stats = steps.d_step(G, D, opt_d, real, y, phase)
                 imgs0 += real.shape[0]
