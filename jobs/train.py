@@ -53,17 +53,6 @@ def builtin_shards(cfg: C.Config) -> Path:
     return out
 
 
-# Families whose training needs more than the G/D phases in pipeline/steps.py.
-_LOOP_PENDING = {"progan": "progressive growing (phase schedule, fade-in, per-phase batch and lr)"}
-
-
-def _check_supported(cfg: C.Config) -> None:
-    name = C.to_dict(cfg)["model"]["name"]
-    if name in _LOOP_PENDING:
-        raise C.ConfigError(f"model.name: {name!r} networks exist, but the training loop does not yet "
-                            f"drive {_LOOP_PENDING[name]}; use dcgan, biggan or biggan_deep")
-
-
 def _shards(cfg: C.Config) -> tuple[list[str], dict | None, str]:
     spec = cfg.data.shards or str(builtin_shards(cfg))
     urls, manifest = resolve_shards(spec)
@@ -90,7 +79,6 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
     import ray.train
 
     t0 = time.time()
-    _check_supported(cfg)
     urls, manifest, spec = _shards(cfg)
     run_name = cfg.train.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(cfg.train.storage_path or C.ganforge_home() / "ray_results").resolve()

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 import models
-from pipeline import checkpoint, steps
+from pipeline import checkpoint, progressive, steps
 from pipeline import config as C
 from pipeline.data import RankStream, to_float
 from pipeline.evaluation import InLoopEval
@@ -43,6 +43,10 @@ def _optimizers(G, D, o: C.OptimConfig, device):
 def _autocast(cfg: C.Config, device):
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
+
+
+def _fast_cuda(cfg: C.Config, device) -> bool:
+    return device.type == "cuda" and cfg.train.precision != "fp32"
 
 
 def _fixed_latents(cfg: C.Config, G, device):
@@ -108,17 +112,22 @@ def train_loop_per_worker(loop: dict) -> dict:
     torch.manual_seed(cfg.train.seed * 1000 + rank)   # per-rank noise; overwritten on resume
 
     nets = models.build(cfg.model)
-    G, D = nets["G"].to(device), nets["D"].to(device)
+    # NHWC weights and activations are cuDNN's fast path for bf16 convolutions.
+    fmt = torch.channels_last if _fast_cuda(cfg, device) else torch.preserve_format
+    G, D = nets["G"].to(device, memory_format=fmt), nets["D"].to(device, memory_format=fmt)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g, opt_d = _optimizers(G, D, cfg.optim, device)
 
-    start, position = 0, None
+    start, position, images_seen = 0, None, 0
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None or loop.get("resume_from"):
         with (ckpt.as_directory() if ckpt else _nullpath(loop["resume_from"])) as d:
             state = checkpoint.load(d, map_location=device)
         _restore(state, G, D, G_ema, opt_g, opt_d)
         start = int(state["step"])
+        # Real images shown to D over all workers; older checkpoints lack it: estimate.
+        images_seen = int(state.get("images_seen", start * cfg.optim.d_steps_per_g
+                                    * cfg.train.batch_size * world))
         positions = state.get("data_positions") or []
         position = positions[rank] if len(positions) == world else None
         rngs = state.get("rng") or []
@@ -130,15 +139,24 @@ def train_loop_per_worker(loop: dict) -> dict:
     # No buffer sync per forward: D runs twice (real, fake) per backward and rank 0's BN/SN
     # buffers would be copied in place between the two forwards. Buffers still sync at init.
     ddp = {"forward_sync_buffers": False}
-    G = ray.train.torch.prepare_model(G, parallel_strategy_kwargs=ddp)
-    D = ray.train.torch.prepare_model(D, parallel_strategy_kwargs=ddp)
-    G_inner = getattr(G, "module", G)
+    wrap = lambda m: ray.train.torch.prepare_model(m, parallel_strategy_kwargs=ddp)  # noqa: E731
+    G_inner, D_inner = G, D
+    # ProGAN: the stage follows images_seen; set it before wrapping so DDP sees its parameters.
+    grow = progressive.Growth(cfg, (G, D, G_ema), (opt_g, opt_d)) if progressive.applies(cfg) else None
+    if grow is not None:
+        grow.advance(images_seen)
+    G, D = wrap(G_inner), wrap(D_inner)
+    batch_size = grow.batch_size if grow else cfg.train.batch_size
 
-    stream = RankStream(loop["shard_urls"], rank=rank, world_size=world,
-                        batch_size=cfg.train.batch_size, resolution=cfg.data.resolution,
-                        loader_workers=cfg.data.loader_workers, seed=cfg.train.seed,
-                        shuffle_buffer=cfg.data.shuffle_buffer, bad_samples=cfg.data.bad_samples,
-                        position=position, counts=loop.get("shard_counts"))
+    def open_stream(batch_size, position):
+        return RankStream(loop["shard_urls"], rank=rank, world_size=world,
+                          batch_size=batch_size, resolution=cfg.data.resolution,
+                          loader_workers=cfg.data.loader_workers, seed=cfg.train.seed,
+                          shuffle_buffer=cfg.data.shuffle_buffer, bad_samples=cfg.data.bad_samples,
+                          position=position, counts=loop.get("shard_counts"))
+
+    stream = open_stream(batch_size, position)
+    data_position = position
     phase = steps.Phase(loss=cfg.loss, z_dim=G_inner.z_dim, conditional=G_inner.num_classes > 0,
                         autocast=_autocast(cfg, device))
     logger = RankZeroLogger(loop["tracking_uri"], loop["mlflow_run_id"]) if rank == 0 else None
@@ -155,6 +173,14 @@ def train_loop_per_worker(loop: dict) -> dict:
     total = cfg.train.steps
     try:
         for step in range(start + 1, total + 1):
+            if grow is not None:
+                rewrap, rebatch = grow.advance(images_seen)
+                if rewrap:
+                    G, D = wrap(G_inner), wrap(D_inner)   # see pipeline/progressive.py for why
+                if rebatch:      # the new stream continues after the last sample this rank used
+                    stream.close()
+                    batch_size = grow.batch_size
+                    stream = open_stream(batch_size, data_position)
             for _ in range(cfg.optim.d_steps_per_g):
                 batch = next(stream)
                 data_position = batch.position
@@ -162,12 +188,15 @@ def train_loop_per_worker(loop: dict) -> dict:
                 converted += batch.n_converted
                 bad_keys.extend(batch.bad_keys)
                 real = to_float(batch.images.to(device, non_blocking=True))
+                if grow is not None:
+                    real = grow.reals(real)
                 y = batch.labels.to(device, non_blocking=True)
-                if cfg.train.precision != "fp32" and device.type == "cuda":
+                if _fast_cuda(cfg, device):
                     real = real.contiguous(memory_format=torch.channels_last)
                 stats = steps.d_step(G, D, opt_d, real, y, phase)
                 imgs0 += real.shape[0]
-            stats.update(steps.g_step(G, D, opt_g, cfg.train.batch_size, y, phase, device))
+                images_seen += real.shape[0] * world    # every rank draws the same batch size
+            stats.update(steps.g_step(G, D, opt_g, batch_size, y, phase, device))
             decay = cfg.optim.ema_decay if step > cfg.optim.ema_start else 0.0
             steps.ema_step(G_ema, G, decay)
             for k, v in stats.items():
@@ -183,7 +212,8 @@ def train_loop_per_worker(loop: dict) -> dict:
             dt = time.perf_counter() - t0
             skipped_all, converted_all, imgs_all = _sum_counts([skipped, converted, imgs0], world)
             metrics.update(step=step, images_per_s=imgs_all / max(dt, 1e-9),
-                           skipped_samples=skipped_all, converted_samples=converted_all)
+                           skipped_samples=skipped_all, converted_samples=converted_all,
+                           images_seen=images_seen, **(grow.metrics() if grow else {}))
             acc, n_acc, t0, imgs0 = {}, 0, time.perf_counter(), 0
             if bad_keys:
                 log.warning("rank %d skipped bad samples, first: %s", rank, bad_keys[:5])
@@ -191,8 +221,9 @@ def train_loop_per_worker(loop: dict) -> dict:
             positions = _gather(data_position, world)
             eval_due = evaluator is not None and evaluator.due(step, last)
             rngs = _gather(checkpoint.rng_state(), world) if ckpt_due or eval_due else None
-            state = lambda: {"step": step, "G": G_inner.state_dict(),  # noqa: E731
-                             "D": getattr(D, "module", D).state_dict(), "G_ema": G_ema.state_dict(),
+            state = lambda: {"step": step, "images_seen": images_seen,  # noqa: E731
+                             "G": G_inner.state_dict(), "D": D_inner.state_dict(),
+                             "G_ema": G_ema.state_dict(),
                              "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                              "data_positions": positions, "rng": rngs, "config": loop["config"]}
             scores = {}
@@ -205,9 +236,12 @@ def train_loop_per_worker(loop: dict) -> dict:
                 if rank == 0:
                     logger.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
                     if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
-                        last_grid = _log_grid(logger, G_ema, fixed_z, fixed_y, step)
+                        last_grid = _log_grid(logger, G_ema, fixed_z, fixed_y, step,
+                                              cfg.data.resolution)
                     if ckpt_due:
-                        checkpoint.save(state(), td, meta={"model": loop["config"]["model"]["name"]})
+                        checkpoint.save(state(), td, meta={"model": loop["config"]["model"]["name"],
+                                                           "images_seen": images_seen,
+                                                           **(grow.metrics() if grow else {})})
                         report_ckpt = ray.train.Checkpoint.from_directory(td)
                     if bar is not None:
                         bar.show(step, metrics)
@@ -242,9 +276,11 @@ def _keep_best(scores: dict[str, float], best: float, metric: str, state, run_di
     return scores[key]
 
 
-def _log_grid(logger: RankZeroLogger, G_ema, z, y, step: int) -> str:
+def _log_grid(logger: RankZeroLogger, G_ema, z, y, step: int, size: int) -> str:
     with torch.no_grad():
         images = G_ema(z, y)
+    if images.shape[-1] != size:   # a growing model's current stage: blocky pixels, full-size grid
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="nearest")
     return logger.grid(images.cpu(), step)
 
 
