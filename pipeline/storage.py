@@ -29,7 +29,7 @@ def normalize(spec: str | os.PathLike, key: str = "train.storage_path") -> str:
     if scheme not in SCHEMES:
         raise StorageError(f"{key}: scheme {scheme!r} in {spec!r} is not supported "
                            f"(use a local/NFS path or one of {', '.join(s + '://' for s in SCHEMES)})")
-    if scheme == "file" and not urlparse(spec).path.startswith("/"):
+    if scheme == "file" and urlparse(spec).netloc not in ("", "localhost"):
         raise StorageError(f"{key}: {spec!r} must be an absolute file:// URI (file:///abs/path)")
     if scheme != "file" and not urlparse(spec).netloc:
         raise StorageError(f"{key}: {spec!r} names no bucket ({scheme}://BUCKET/prefix)")
