@@ -3,12 +3,13 @@
 
 The head has no CPU, so the two training workers must take one 1-CPU node each. When the first
 checkpoint appears, one worker node is removed, and scaling.min_workers=1 lets Ray Train go on
-elastically with one worker from the latest checkpoint. Prints one JSON line with the result.
+elastically with one worker from the latest checkpoint. Writes WORKDIR/result.json.
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -25,9 +26,12 @@ def main(workdir: str, shards: str) -> None:
     from pipeline import config as C
 
     work = Path(workdir)
-    # A lost node is declared dead after ~1.5 s instead of the default ~30 s.
-    fast = {"health_check_period_ms": 500, "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast})
+    # remove_node stops the raylet gracefully, so the GCS learns of the loss at once. The
+    # dashboard gets a free port: 8265 may belong to another Ray on this machine.
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        dash = sk.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_port": dash})
     try:
         cluster.add_node(num_cpus=1)
         victim = cluster.add_node(num_cpus=1)
@@ -43,18 +47,27 @@ def main(workdir: str, shards: str) -> None:
         run_dir = work / "ray" / name
         events: dict = {}
 
+        def registered() -> list[str]:
+            # A checkpoint counts once Ray Train has registered it (listed in its snapshot); a
+            # folder that is uploaded but not yet registered is not a checkpoint of the run.
+            try:
+                snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+            except (OSError, ValueError):
+                return []
+            return [c["checkpoint_dir_name"] for c in snap["checkpoint_results"]]
+
         def remove_after_first_checkpoint():
-            while not list(run_dir.glob("checkpoint_2*")):
+            while not (done := registered()):
                 time.sleep(0.05)
-            events["removed_after"] = sorted(p.name for p in run_dir.glob("checkpoint_2*"))
+            events["removed_after"] = done
             cluster.remove_node(victim)
 
         t = threading.Thread(target=remove_after_first_checkpoint, daemon=True)
         t.start()
         s = run_training(cfg)
         t.join(timeout=60)
-        print("RESULT " + json.dumps({"steps": s.steps, "checkpoint": s.checkpoint, "run_dir": s.run_dir,
-                                      **events}), flush=True)
+        (work / "result.json").write_text(json.dumps({"steps": s.steps, "checkpoint": s.checkpoint,
+                                                      "run_dir": s.run_dir, **events}))
     finally:
         ray.shutdown()
         cluster.shutdown()

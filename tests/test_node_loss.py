@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,17 +30,21 @@ def test_training_survives_losing_a_node(smoke_shards, tmp_path):
         out, _ = proc.communicate(timeout=420)
     finally:
         assert stop_session(proc) == []
-    line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
-    assert proc.returncode == 0 and line, out[-4000:]
-    res = json.loads(line[len("RESULT "):])
+    assert proc.returncode == 0 and (tmp_path / "result.json").is_file(), out[-4000:]
+    res = json.loads((tmp_path / "result.json").read_text())
     assert res["steps"] == 24
-    # The node went away after the first checkpoint (step 4) and before the last one.
-    assert len(res["removed_after"]) < 6
-    assert "resumed at step" in out
-    # Every checkpoint the run reported is there and loads (sha256 checked): steps 4, 8, ..., 24,
-    # each once, the last from the single worker left (one data position).
-    ckpts = sorted(Path(res["run_dir"]).glob("checkpoint_2*"))
-    states = [checkpoint.load(c) for c in ckpts]
+    # The node went away after the first registered checkpoint (step 4) and before the last.
+    assert 1 <= len(res["removed_after"]) < 6
+    resumed = re.findall(r"resumed at step (\d+) of 24", out)
+    assert resumed and int(resumed[0]) >= 4, out[-4000:]
+    # Every checkpoint Ray Train registered is there and loads (sha256 checked): steps 4, 8, ...,
+    # 24, each once; the last ones come from the single worker left. (A folder rank 0 uploaded
+    # but Ray never registered, cut off by the node loss, may also be there; it is not one.)
+    run_dir = Path(res["run_dir"])
+    snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    names = [c["checkpoint_dir_name"] for c in snap["checkpoint_results"]]
+    assert set(names) <= {p.name for p in run_dir.glob("checkpoint_2*")}
+    states = [checkpoint.load(run_dir / n) for n in names]
     assert [s["step"] for s in states] == [4, 8, 12, 16, 20, 24]
     assert len(states[0]["data_positions"]) == 2 and len(states[-1]["data_positions"]) == 1
-    assert Path(res["checkpoint"]) == ckpts[-1]
+    assert Path(res["checkpoint"]) == run_dir / names[-1]
