@@ -76,7 +76,7 @@ def ray_head(tmp_path_factory):
             time.sleep(0.5)
         yield url, token, work
     finally:
-        left = stop_session(proc)
+        left = stop_session(proc, grace_s=5)   # a throwaway head: no need for a slow clean exit
         log.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)
         assert left == [], f"processes of the started head still alive: {left}"
@@ -106,11 +106,12 @@ def test_submit_with_a_wrong_token_fails_before_upload(ray_head, tmp_path):
     assert requests.get(f"{url}/api/jobs/", headers=auth, timeout=10).json() == before
 
 
-def test_submit_follows_a_job_to_succeeded(ray_head):
+def test_submit_follows_a_job_to_succeeded(ray_head, smoke_shards):
     url, token, work = ray_head
     env = _client_env(token)
     store = work / "results"
-    over = ["train.steps=4", "train.checkpoint_every=4", "train.log_every=2", "train.sample_every=0",
+    # Shards by absolute path: the "cluster" shares this machine's disk (on a real one: URLs).
+    over = [f"data.shards={smoke_shards}", "train.steps=4", "train.checkpoint_every=4", "train.log_every=2", "train.sample_every=0",
             "scaling.num_workers=1", "tracking.register=false", "tracking.log_checkpoint=false",
             "train.run_name=submitted", f"train.storage_path={store}",
             f"tracking.uri=sqlite:///{work / 'mlflow.db'}"]
