@@ -50,7 +50,6 @@ def cmd_shards(args) -> int:
 
 
 def _print_summary(s) -> None:
-    from pathlib import Path
     from mlflow.tracking import MlflowClient
 
     art = MlflowClient(s.tracking_uri).get_run(s.mlflow_run_id).info.artifact_uri
@@ -61,7 +60,7 @@ def _print_summary(s) -> None:
     print(f"  checkpoint    : {s.checkpoint}")
     if s.model_uri:
         print(f"  registered    : {s.model_uri}   (ganforge sample {s.model_uri} --n 16 --out grid.png)")
-    print(f"  resolved cfg  : {Path(s.run_dir) / 'resolved_config.yaml'}")
+    print(f"  resolved cfg  : {s.run_dir.rstrip('/')}/resolved_config.yaml")
     ui = s.tracking_uri if s.tracking_uri.startswith(("sqlite", "postgres", "mysql")) else None
     if ui:
         print(f"  browse        : mlflow ui --backend-store-uri {ui}   (then open http://127.0.0.1:5000)")
@@ -99,10 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shards)
 
-    from jobs import eval_cli, registry_cli, tune_cli
+    from jobs import eval_cli, jobs_cli, registry_cli, tune_cli
     registry_cli.add_commands(sub)
     eval_cli.add_commands(sub)
     tune_cli.add_commands(sub)
+    jobs_cli.add_commands(sub)
     return p
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import config as C
-from pipeline import evaluation, tracking
+from pipeline import evaluation, storage as S, tracking
 from pipeline.data import resolve_shards
 
 RUN_FILE = "ganforge_run.json"   # in the Ray Train run folder: links it to its MLflow run
@@ -81,23 +81,25 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
     t0 = time.time()
     urls, manifest, spec = _shards(cfg)
     run_name = cfg.train.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = Path(cfg.train.storage_path or C.ganforge_home() / "ray_results").resolve()
-    run_dir = storage / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # A local path (made absolute) or an s3:// / gs:// URI that Ray Train writes to directly.
+    storage = S.normalize(cfg.train.storage_path or C.ganforge_home() / "ray_results")
+    run_dir = S.join(storage, run_name)
+    S.makedirs(run_dir)
     uri = tracking.tracking_uri(cfg)
 
-    link = run_dir / RUN_FILE
-    if link.is_file():   # same run name: Ray restores its latest checkpoint; keep the same MLflow run
-        run_id = json.loads(link.read_text())["mlflow_run_id"]
+    link = S.join(run_dir, RUN_FILE)
+    if (text := S.read_text(link)) is not None:
+        # Same run name: Ray restores its latest checkpoint; keep the same MLflow run.
+        run_id = json.loads(text)["mlflow_run_id"]
         print(f"[ganforge] continuing run {run_name} (MLflow run {run_id})", flush=True)
     else:
         from pipeline.registry import git_commit
-        tags = {"ganforge.run_dir": str(run_dir), "ganforge.data": spec, "ganforge.git_commit": git_commit()}
+        tags = {"ganforge.run_dir": run_dir, "ganforge.data": spec, "ganforge.git_commit": git_commit()}
         if manifest:
             tags["ganforge.data_sha256"] = manifest.get("sha256", "")
         run_id = tracking.start_run(cfg, run_name, uri, tags=tags)
-        link.write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}))
-    (run_dir / "resolved_config.yaml").write_text(C.dump_yaml(cfg))
+        S.write_text(link, json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}))
+    S.write_text(S.join(run_dir, "resolved_config.yaml"), C.dump_yaml(cfg))
 
     _init_ray(cfg.scaling.address)
     trainer = build_trainer(cfg, urls=urls, manifest=manifest, run_name=run_name, storage=storage,
@@ -124,7 +126,7 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
                 model_uri = _register(d, cfg, uri, run_id)
     tracking.end_run(uri, run_id, ok=True)
     ret = result.return_value or {}
-    return TrainSummary(run_name=run_name, run_dir=str(run_dir), mlflow_run_id=run_id,
+    return TrainSummary(run_name=run_name, run_dir=run_dir, mlflow_run_id=run_id,
                         tracking_uri=uri, steps=int((result.metrics or {}).get("step", ret.get("step", 0))),
                         checkpoint=ckpt_path, last_grid=ret.get("last_grid"),
                         model_uri=model_uri, seconds=time.time() - t0)
@@ -144,7 +146,7 @@ def _register(ckpt_dir: str, cfg: C.Config, uri: str, run_id: str) -> str | None
 
 
 def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_name: str,
-                  storage: Path, tracking_uri: str, mlflow_run_id: str,
+                  storage: str | Path, tracking_uri: str, mlflow_run_id: str,
                   resume_from: str | None = None, callbacks: list | None = None, spec: str = ""):
     """The TorchTrainer for one run; shared by `run_training` and each Tune trial."""
     import ray.train
@@ -159,11 +161,13 @@ def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_
             "config": C.to_dict(cfg), "shard_urls": urls,
             "shard_counts": [sh["count"] for sh in manifest["shards"]] if manifest else None,
             "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id,
-            "run_dir": str(storage / run_name), "resume_from": resume_from,
+            "run_dir": S.join(str(storage), run_name), "resume_from": resume_from,
             "eval": evaluation.prepare(cfg, urls, manifest, spec) if cfg.eval.every else None,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu,
+            # A (min, max) tuple is Ray Train's elastic mode: restart with fewer workers on node loss.
+            num_workers=s.num_workers if s.min_workers is None else (s.min_workers, s.num_workers),
+            use_gpu=s.use_gpu,
             resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=str(storage), callbacks=callbacks,

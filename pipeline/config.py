@@ -99,7 +99,10 @@ class TrainConfig:
     checkpoint_every: int = 200   # steps between full-state checkpoints (the last step always)
     keep_checkpoints: int = 2     # newest checkpoints kept on storage
     run_name: str | None = None   # reuse a name to resume that run; None = "<preset>-<time>"
-    storage_path: str | None = None  # Ray Train storage; None = $GANFORGE_HOME/ray_results
+    # Ray Train storage: a local/NFS path (made absolute) or s3://BUCKET/prefix, gs://BUCKET/prefix
+    # (file:/// too). On a multi-node cluster it must be shared by all nodes. None =
+    # $GANFORGE_HOME/ray_results.
+    storage_path: str | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"   # auto = bf16 autocast on GPU only
     # Fault-injection for testing recovery: rank 1 (or 0 with one worker) raises once at this step.
     inject_failure_at: int | None = None
@@ -111,6 +114,12 @@ class TrainConfig:
             _check(getattr(self, k) >= 1, f"train.{k}", "must be >= 1")
         _check(self.sample_every >= 0, "train.sample_every", "must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        if self.storage_path is not None:
+            from pipeline import storage
+            try:
+                storage.normalize(self.storage_path)
+            except storage.StorageError as e:
+                raise ConfigError(str(e)) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,7 +135,12 @@ class TrackingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ScalingConfig:
-    num_workers: int = 2
+    num_workers: int = 2          # workers to run (the most, when min_workers is set)
+    # Node loss: None = wait until num_workers fit again (a replacement node); an int k makes the
+    # run elastic: Ray Train restarts with as many workers as fit, between k and num_workers, and
+    # grows back when nodes return. batch_size is per worker, so the global batch shrinks with the
+    # worker count; learning rates are not rescaled (see README, "Node loss").
+    min_workers: int | None = None
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 2         # worker-group restarts from the latest checkpoint
@@ -134,6 +148,8 @@ class ScalingConfig:
 
     def __post_init__(self):
         _check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        _check(self.min_workers is None or 1 <= self.min_workers <= self.num_workers,
+               "scaling.min_workers", f"must be in [1, scaling.num_workers={self.num_workers}]")
         _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
         _check(self.max_failures >= 0, "scaling.max_failures", "must be >= 0")
 

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 import models
-from pipeline import checkpoint, progressive, steps
+from pipeline import checkpoint, progressive, steps, storage
 from pipeline import config as C
 from pipeline.data import RankStream, to_float
 from pipeline.evaluation import InLoopEval
@@ -96,11 +96,10 @@ def _maybe_fail(cfg: C.Config, step: int, rank: int, world: int, marker_dir: str
     at = cfg.train.inject_failure_at
     if at is None or step != at or rank != min(1, world - 1):
         return
-    marker = Path(marker_dir) / f".injected_failure_{at}"
-    if marker.exists():
+    marker = storage.join(marker_dir, f".injected_failure_{at}")
+    if storage.exists(marker):
         return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    storage.write_text(marker, "")
     raise InjectedFailure(f"train.inject_failure_at={at}: rank {rank} fails on purpose")
 
 
@@ -254,8 +253,8 @@ def train_loop_per_worker(loop: dict) -> dict:
 
 
 def _best_so_far(run_dir: str) -> float:
-    meta = Path(run_dir) / "best_checkpoint" / checkpoint.META
-    return float(json.loads(meta.read_text()).get("best_score", "inf")) if meta.is_file() else float("inf")
+    text = storage.read_text(storage.join(run_dir, "best_checkpoint", checkpoint.META))
+    return float(json.loads(text).get("best_score", "inf")) if text else float("inf")
 
 
 def _keep_best(scores: dict[str, float], best: float, metric: str, state, run_dir: str) -> float:
@@ -264,10 +263,16 @@ def _keep_best(scores: dict[str, float], best: float, metric: str, state, run_di
     key = next((k for k in scores if k.split("/")[-1] == metric), None)
     if key is None or not scores[key] < best:
         return best
+    meta = {"best_metric": key, "best_score": scores[key]}
+    if storage.is_uri(run_dir):   # object stores cannot rename folders: meta.json goes up last
+        with tempfile.TemporaryDirectory() as td:
+            checkpoint.save(state(), td, meta=meta)
+            storage.upload_dir(td, storage.join(run_dir, "best_checkpoint"), last=checkpoint.META)
+        return scores[key]
     final = Path(run_dir) / "best_checkpoint"
     tmp = final.with_name(f".best_checkpoint.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    checkpoint.save(state(), tmp, meta={"best_metric": key, "best_score": scores[key]})
+    checkpoint.save(state(), tmp, meta=meta)
     old = final.with_name(f".best_checkpoint.old-{os.getpid()}")
     if final.exists():
         final.rename(old)

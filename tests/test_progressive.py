@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import models
 from pipeline import progressive, steps
-from pipeline.config import LossConfig, from_dict
+from pipeline.config import from_dict
 
 MODEL = {"name": "progan", "resolution": 16, "z_dim": 8, "channel_max": 8,
          "phase_images": [8, 16, 16], "phase_batch": [4, 4, 2], "phase_lr": [1e-3, 2e-3, 3e-3]}
