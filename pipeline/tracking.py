@@ -7,12 +7,12 @@ import os
 import tempfile
 from pathlib import Path
 
-import mlflow
 import torch
-from mlflow.entities import Metric, RunStatus
-from mlflow.tracking import MlflowClient
 
 from pipeline import config as C
+
+# mlflow is imported inside the functions: only the driver and rank 0 talk to MLflow, and the
+# import costs every other Ray Train worker process about a CPU-second at start-up.
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -28,7 +28,7 @@ def tracking_uri(cfg: C.Config | None = None) -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
-def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+def _experiment_id(client, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -41,12 +41,15 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 
 
 def start_run(cfg: C.Config, run_name: str, uri: str, tags: dict | None = None) -> str:
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri)
     exp_id = _experiment_id(client, cfg.tracking.experiment, uri)
     run = client.create_run(exp_id, run_name=run_name, tags={"ganforge.model": C.to_dict(cfg)["model"]["name"],
                                                             "ganforge.config_hash": C.config_hash(cfg),
                                                             **(tags or {})})
-    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in C.flatten(C.to_dict(cfg)).items()]
+    params = [Param(k, str(v)[:6000]) for k, v in C.flatten(C.to_dict(cfg)).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i:i + 100])
     with tempfile.TemporaryDirectory() as td:
@@ -57,6 +60,9 @@ def start_run(cfg: C.Config, run_name: str, uri: str, tags: dict | None = None) 
 
 
 def end_run(uri: str, run_id: str, ok: bool) -> None:
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
     MlflowClient(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
 
 
@@ -64,10 +70,14 @@ class RankZeroLogger:
     """Metrics and sample grids into an existing run (used on rank 0 inside the worker)."""
 
     def __init__(self, uri: str, run_id: str):
+        from mlflow.tracking import MlflowClient
+
         self.client, self.run_id = MlflowClient(uri), run_id
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         import time
+
+        from mlflow.entities import Metric
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
 

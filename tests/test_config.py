@@ -61,11 +61,20 @@ def test_cli_dry_run_prints_resolved_config(capsys):
     assert C.from_dict(yaml.safe_load(out)).train.steps == 5
 
 
-def test_cli_config_error_exits_2_before_ray(capsys):
-    import ray
+def _ray_must_not_start(monkeypatch):
+    """Fail the test if the CLI gets as far as starting or joining Ray (another test's session Ray
+    may already be up, so `ray.is_initialized()` cannot tell)."""
+    from jobs import train
+
+    def boom(*a, **k):
+        raise AssertionError("the CLI reached Ray before rejecting its input")
+    monkeypatch.setattr(train, "_init_ray", boom)
+
+
+def test_cli_config_error_exits_2_before_ray(capsys, monkeypatch):
+    _ray_must_not_start(monkeypatch)
     assert cli.main(["train", "smoke", "train.nope=1"]) == 2
     assert "train.nope" in capsys.readouterr().err
-    assert not ray.is_initialized()
 
 
 def test_flatten():
@@ -73,10 +82,9 @@ def test_flatten():
     assert flat["model.name"] == "dcgan" and flat["train.steps"] == 8
 
 
-def test_cli_missing_shards_fail_before_ray(capsys, tmp_path):
-    import ray
+def test_cli_missing_shards_fail_before_ray(capsys, tmp_path, monkeypatch):
+    _ray_must_not_start(monkeypatch)
     missing = tmp_path / "nope" / "shard-{000000..000003}.tar"
     assert cli.main(["train", "smoke", f"data.shards={missing}"]) == 1
     err = capsys.readouterr().err
     assert "shard-000000.tar" in err and "DataError" in err
-    assert not ray.is_initialized()
