@@ -302,15 +302,20 @@ def config_hash(cfg: Config) -> str:
 PRESET_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs"
 
 
-def resolve_preset(name_or_path: str) -> Path:
+def find_yaml(name_or_path: str, directory: Path, what: str) -> Path:
+    """A YAML file by path, or by preset name in `directory`; `what` names the input in errors."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    for cand in (PRESET_DIR / name_or_path, PRESET_DIR / f"{name_or_path}.yaml"):
+    for cand in (directory / name_or_path, directory / f"{name_or_path}.yaml"):
         if cand.is_file():
             return cand
-    known = ", ".join(sorted(q.stem for q in PRESET_DIR.glob("*.yaml")))
-    raise ConfigError(f"config: no file or preset named {name_or_path!r} (presets: {known})")
+    known = ", ".join(sorted(q.stem for q in directory.glob("*.yaml")))
+    raise ConfigError(f"{what}: no file or preset named {name_or_path!r} (presets: {known})")
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    return find_yaml(name_or_path, PRESET_DIR, "config")
 
 
 def apply_override(d: dict, override: str) -> None:

@@ -114,14 +114,7 @@ class Space:
 
 
 def resolve(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    for cand in (SPACE_DIR / name_or_path, SPACE_DIR / f"{name_or_path}.yaml"):
-        if cand.is_file():
-            return cand
-    known = ", ".join(sorted(q.stem for q in SPACE_DIR.glob("*.yaml")))
-    raise C.ConfigError(f"space: no file or preset named {name_or_path!r} (presets: {known})")
+    return C.find_yaml(name_or_path, SPACE_DIR, "space")
 
 
 def parse_param(key: str, raw: Any) -> Param:

@@ -92,7 +92,7 @@ def upload_dir(local_dir: str | Path, location: str, last: str | None = None) ->
     fs.create_dir(dest, recursive=True)
     if last and exists(join(location, last)):
         fs.delete_file(f"{dest}/{last}")
-    names = sorted(p.name for p in Path(local_dir).iterdir() if p.is_file())
-    for name in sorted(names, key=lambda n: n == last):
+    names = [p.name for p in Path(local_dir).iterdir() if p.is_file()]
+    for name in sorted(names, key=lambda n: (n == last, n)):
         pyarrow.fs.copy_files(str(Path(local_dir) / name), f"{dest}/{name}",
                               source_filesystem=local_fs, destination_filesystem=fs)
