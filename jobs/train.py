@@ -152,7 +152,7 @@ def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.train_loop import train_loop_per_worker
+    from pipeline.worker_entry import train_loop_per_worker
 
     s = cfg.scaling
     return TorchTrainer(
