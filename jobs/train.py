@@ -10,7 +10,6 @@ from pathlib import Path
 
 from pipeline import config as C
 from pipeline import evaluation, storage as S, tracking
-from pipeline.data import resolve_shards
 
 RUN_FILE = "ganforge_run.json"   # in the Ray Train run folder: links it to its MLflow run
 
@@ -54,6 +53,10 @@ def builtin_shards(cfg: C.Config) -> Path:
 
 
 def _shards(cfg: C.Config) -> tuple[list[str], dict | None, str]:
+    # Imported here: Tune's trial actors import this module for build_trainer only, and
+    # pipeline.data pulls in torchvision (seconds per process on a small machine).
+    from pipeline.data import resolve_shards
+
     spec = cfg.data.shards or str(builtin_shards(cfg))
     urls, manifest = resolve_shards(spec)
     n_cls = getattr(cfg.model, "num_classes", 0)

@@ -104,6 +104,10 @@ class TrainConfig:
     # $GANFORGE_HOME/ray_results.
     storage_path: str | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"   # auto = bf16 autocast on GPU only
+    # Layout of G's and D's weights and of the real batches. auto = channels_last (NHWC) on a GPU
+    # under bf16, where it is cuDNN's fast path, else contiguous (NCHW). channels_last also helps
+    # oneDNN's CPU convolutions (BigGAN 32 px on one core: ~12% faster per step).
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     # Fault-injection for testing recovery: rank 1 (or 0 with one worker) raises once at this step.
     inject_failure_at: int | None = None
 

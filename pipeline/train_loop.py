@@ -49,6 +49,11 @@ def _fast_cuda(cfg: C.Config, device) -> bool:
     return device.type == "cuda" and cfg.train.precision != "fp32"
 
 
+def _channels_last(cfg: C.Config, device) -> bool:
+    fmt = cfg.train.memory_format
+    return fmt == "channels_last" or (fmt == "auto" and _fast_cuda(cfg, device))
+
+
 def _fixed_latents(cfg: C.Config, G, device):
     """The same latents and classes for every grid of every run with this seed."""
     g = torch.Generator().manual_seed(cfg.train.seed + 12345)
@@ -111,8 +116,9 @@ def train_loop_per_worker(loop: dict) -> dict:
     torch.manual_seed(cfg.train.seed * 1000 + rank)   # per-rank noise; overwritten on resume
 
     nets = models.build(cfg.model)
-    # NHWC weights and activations are cuDNN's fast path for bf16 convolutions.
-    fmt = torch.channels_last if _fast_cuda(cfg, device) else torch.preserve_format
+    # NHWC weights and activations: cuDNN's fast path for bf16 convolutions (train.memory_format).
+    nhwc = _channels_last(cfg, device)
+    fmt = torch.channels_last if nhwc else torch.preserve_format
     G, D = nets["G"].to(device, memory_format=fmt), nets["D"].to(device, memory_format=fmt)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g, opt_d = _optimizers(G, D, cfg.optim, device)
@@ -190,7 +196,7 @@ def train_loop_per_worker(loop: dict) -> dict:
                 if grow is not None:
                     real = grow.reals(real)
                 y = batch.labels.to(device, non_blocking=True)
-                if _fast_cuda(cfg, device):
+                if nhwc:
                     real = real.contiguous(memory_format=torch.channels_last)
                 stats = steps.d_step(G, D, opt_d, real, y, phase)
                 imgs0 += real.shape[0]

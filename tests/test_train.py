@@ -1,4 +1,4 @@
-"""Real Ray Train runs on 2 CPU workers: tracking, failure recovery, resume."""
+"""Real Ray Train runs on 2 CPU workers: tracking, in-loop evaluation, failure recovery, resume."""
 from __future__ import annotations
 
 import uuid
@@ -29,7 +29,11 @@ def _artifacts(s, path):
 
 
 def test_train_tracks_everything(ray_session, smoke_shards, tmp_path):
-    s = run_training(_cfg(tmp_path))
+    # One run checks tracking and the in-loop evaluation (every Ray fit costs ~20 s of start-up
+    # on 2 cores): FID/KID/coverage on the EMA generator every 4 steps, best checkpoint kept.
+    s = run_training(_cfg(tmp_path, "eval.every=4", "eval.metrics=[fid,kid,coverage]", "eval.n_fake=64",
+                          "eval.n_real=128", "eval.kid_subsets=4", "eval.kid_subset_size=32",
+                          "eval.batch_size=16"))
     assert s.steps == 8
     client = MlflowClient(s.tracking_uri)
     run = client.get_run(s.mlflow_run_id)
@@ -47,6 +51,21 @@ def test_train_tracks_everything(ray_session, smoke_shards, tmp_path):
     assert {"checkpoint/state.pt", "checkpoint/meta.json"} <= set(_artifacts(s, "checkpoint"))
     state = checkpoint.load(s.checkpoint)
     assert state["step"] == 8 and len(state["data_positions"]) == 2
+
+    # In-loop evaluation: curves under a key that names the extractor, and its protocol as tags.
+    keys = set(run.data.metrics)
+    fid_key = next(k for k in keys if k.endswith("/fid"))
+    assert "ganforge-small-shapestack" in fid_key          # never mistaken for a standard FID
+    assert [st for st, _ in _history(s, fid_key)] == [4, 8]
+    assert [st for st, _ in _history(s, "eval/coverage_modes")] == [4, 8]
+    assert any(k.endswith("/kid_mean") for k in keys)
+    tags = run.data.tags
+    assert tags["eval.extractor"] == "ganforge-small-shapestack" and tags["eval.standard"] == "false"
+    assert tags["eval.n_fake"] == "64" and len(tags["eval.extractor_sha256"]) == 64
+    assert tags["eval.ref_stats_sha256"] not in ("", "none")
+    assert any(a.path.startswith("refstats/") for a in client.list_artifacts(s.mlflow_run_id, "refstats"))
+    best = checkpoint.load(tmp_path / s.run_name / "best_checkpoint")
+    assert best["step"] in (4, 8)
 
 
 def test_worker_failure_restores_then_a_rerun_resumes(ray_session, smoke_shards, tmp_path):
