@@ -72,14 +72,21 @@ class InLoopEval:
     def due(self, step: int, last: bool) -> bool:
         return bool(self.cfg.eval.every) and (step % self.cfg.eval.every == 0 or last)
 
-    def run(self, G_ema, step: int, client=None, run_id: str | None = None) -> dict[str, float]:
+    def score(self, G) -> dict:
+        """This rank's share of cfg.eval.n_fake samples from G, scored: {metric: {key: value}}
+        on rank 0 (every rank must call it)."""
         from pipeline.metrics import collect
+
+        results, _ = collect.evaluate(G, list(self.cfg.eval.metrics), extractor=self.ex, ref=self.ref,
+                                      cfg=self.cfg.eval, oracle=self.oracle, rank=self.rank,
+                                      world=self.world, gather=self.gather)
+        return results
+
+    def run(self, G_ema, step: int, client=None, run_id: str | None = None) -> dict[str, float]:
         from pipeline.metrics.protocol import Protocol, log_scores
 
         e = self.cfg.eval
-        results, _ = collect.evaluate(G_ema, list(e.metrics), extractor=self.ex, ref=self.ref, cfg=e,
-                                      oracle=self.oracle, rank=self.rank, world=self.world,
-                                      gather=self.gather)
+        results = self.score(G_ema)
         if self.rank != 0:
             return {}
         protocol = Protocol.of(self.ex, self.ref, n_fake=e.n_fake, truncation=e.truncation,
@@ -109,9 +116,6 @@ def eval_loop_per_worker(loop: dict) -> dict | None:
         dist.all_gather_object(out, obj)
         return out
 
-    ev = InLoopEval(cfg, loop["eval"], rank=rank, world=world, device="cpu", gather=gather)
-    from pipeline.metrics import collect
-    results, _ = collect.evaluate(G, list(cfg.eval.metrics), extractor=ev.ex, ref=ev.ref, cfg=cfg.eval,
-                                  oracle=ev.oracle, rank=rank, world=world, gather=gather)
+    results = InLoopEval(cfg, loop["eval"], rank=rank, world=world, device="cpu", gather=gather).score(G)
     ray.train.report({"done": 1})
     return results

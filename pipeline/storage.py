@@ -22,16 +22,17 @@ class StorageError(ValueError):
 def normalize(spec: str | os.PathLike, key: str = "train.storage_path") -> str:
     """-> an absolute local path, or the URI unchanged. Unknown schemes are refused by name."""
     spec = str(spec)
-    scheme = urlparse(spec).scheme
+    u = urlparse(spec)
+    scheme = u.scheme
     if scheme == "" or (len(scheme) == 1 and os.name == "nt"):
         # Ray Train requires an absolute path; workers run in another working directory.
         return str(Path(spec).expanduser().resolve())
     if scheme not in SCHEMES:
         raise StorageError(f"{key}: scheme {scheme!r} in {spec!r} is not supported "
                            f"(use a local/NFS path or one of {', '.join(s + '://' for s in SCHEMES)})")
-    if scheme == "file" and urlparse(spec).netloc not in ("", "localhost"):
+    if scheme == "file" and u.netloc not in ("", "localhost"):
         raise StorageError(f"{key}: {spec!r} must be an absolute file:// URI (file:///abs/path)")
-    if scheme != "file" and not urlparse(spec).netloc:
+    if scheme != "file" and not u.netloc:
         raise StorageError(f"{key}: {spec!r} names no bucket ({scheme}://BUCKET/prefix)")
     return spec.rstrip("/")
 

@@ -45,13 +45,11 @@ def _autocast(cfg: C.Config, device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
 
 
-def _fast_cuda(cfg: C.Config, device) -> bool:
-    return device.type == "cuda" and cfg.train.precision != "fp32"
-
-
 def _channels_last(cfg: C.Config, device) -> bool:
+    """train.memory_format; auto = NHWC on a GPU under bf16 (cuDNN's fast path)."""
     fmt = cfg.train.memory_format
-    return fmt == "channels_last" or (fmt == "auto" and _fast_cuda(cfg, device))
+    return fmt == "channels_last" or (fmt == "auto" and device.type == "cuda"
+                                      and cfg.train.precision != "fp32")
 
 
 def _fixed_latents(cfg: C.Config, G, device):

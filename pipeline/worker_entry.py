@@ -1,9 +1,9 @@
 """Ray Train's entry point, free of heavy imports.
 
 Ray Train's controller actor unpickles the training function only to hand it to the workers; by
-reference to `pipeline.train_loop` it would import torch, torchvision, the models and MLflow's
-helpers for nothing (seconds of CPU per run, and ~0.5 GB of RSS for the controller's lifetime).
-The workers import the loop when they call it.
+reference to `pipeline.train_loop` it would import torchvision, the models and the loop for
+nothing (a smoke fit on 2 cores: 22.7 s -> 19 s without them). The workers import the loop when
+they call it.
 """
 from __future__ import annotations
 

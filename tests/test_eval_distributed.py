@@ -48,7 +48,6 @@ def _score(prepared, workers, tmp_path):
 def _score_in_process(prepared):
     """The same evaluation as one rank alone, in this process: no Ray, nothing gathered."""
     from pipeline.evaluation import InLoopEval
-    from pipeline.metrics import collect
 
     cfg, prep, weights = prepared
     G = models.build(cfg.model)["G"]
@@ -57,11 +56,9 @@ def _score_in_process(prepared):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)           # as a worker with <= 1 CPU runs: same kernels, same sums
     try:
-        results, _ = collect.evaluate(G, list(cfg.eval.metrics), extractor=ev.ex, ref=ev.ref, cfg=cfg.eval,
-                                      oracle=ev.oracle, rank=0, world=1, gather=lambda obj: [obj])
+        return ev.score(G)
     finally:
         torch.set_num_threads(threads)
-    return results
 
 
 def test_same_scores_with_one_and_two_workers(ray_session, prepared, tmp_path):
