@@ -22,7 +22,7 @@ from torchvision.io import decode_jpeg, decode_png
 from torchvision.transforms.functional import pil_to_tensor, to_tensor
 
 from pipeline.data import RankStream, read_samples, resolve_shards, to_float, write_shards
-from pipeline.datasets import shapestack
+from pipeline.data.datasets import shapestack
 
 BATCH = 64
 

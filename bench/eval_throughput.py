@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.extractors import Extractor, inception, small
+from pipeline.evaluation.extractors import Extractor, inception, small
 
 BATCH = 64
 
@@ -65,8 +65,8 @@ def main() -> None:
             print(f"{name:<48} {dim:>5} {dev:>6} {r:>12,.0f} {10000 / r:>10.1f}s")
         ex.to("cpu")
 
-    from pipeline.datasets import shapestack
-    from pipeline.metrics.fid import frechet_distance
+    from pipeline.data.datasets import shapestack
+    from pipeline.evaluation.metrics.fid import frechet_distance
 
     rng = np.random.default_rng(0)
     a, b = rng.random((4096, 2048)), rng.random((4096, 2048))

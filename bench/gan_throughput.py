@@ -7,7 +7,7 @@ device, so this measures the networks and optimizers, not data loading. img/s co
 iteration. FLOPs are counted by torch.utils.flop_counter on one eager iteration (forward and
 backward; optimizer arithmetic is not counted). No host sync inside the timed loop.
 
-Imports only torch, the stdlib, models.* and pipeline.regularizers (torch alone): it runs on a
+Imports only torch, the stdlib, models.* and pipeline.engine.regularizers (torch alone): it runs on a
 bare GPU machine with Python 3.12 + torch.
 
   python bench/gan_throughput.py                     # CUDA: BigGAN 128 px ch=96 B=256, bf16, compiled
@@ -28,7 +28,7 @@ import torch.nn.functional as F                          # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode    # noqa: E402
 
 import models                                            # noqa: E402
-from pipeline.regularizers import orthogonal             # noqa: E402
+from pipeline.engine.regularizers import orthogonal             # noqa: E402
 
 
 def parse(argv=None) -> argparse.Namespace:

@@ -31,9 +31,9 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_shards(args) -> int:
-    from pipeline import datasets
+    from pipeline.data import datasets
     from pipeline.data import write_shards
-    from pipeline.datasets import folder
+    from pipeline.data.datasets import folder
 
     if args.from_folder:
         manifest = write_shards(folder.samples(args.from_folder, resolution=args.resolution),

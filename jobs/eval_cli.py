@@ -40,7 +40,7 @@ def _cuda() -> bool:
 
 
 def cmd_fit_extractor(args) -> int:
-    from pipeline.extractors import small
+    from pipeline.evaluation.extractors import small
 
     meta = small.fit(args.out, steps=args.steps, seed=args.seed)
     out = Path(args.out) if args.out else small.default_path()
@@ -60,9 +60,9 @@ class Target(NamedTuple):
 def load_generator(target: str, ema: bool = True, tracking_uri: str | None = None) -> Target:
     """Generator from a checkpoint folder (state.pt + meta.json), an MLflow run id whose artifacts
     hold checkpoint/, or a registered generator: models:/ or runs:/ URI, or a folder made by
-    `ganforge pull` (through pipeline.registry, which checks its sha256)."""
+    `ganforge pull` (through pipeline.tracking.registry, which checks its sha256)."""
     import models
-    from pipeline import checkpoint
+    from pipeline.engine import checkpoint
     from pipeline import config as C
 
     if target.startswith(("models:/", "runs:/")) or (Path(target) / "ganforge_model.json").is_file():
@@ -73,7 +73,7 @@ def load_generator(target: str, ema: bool = True, tracking_uri: str | None = Non
     elif re.fullmatch(r"[0-9a-f]{32}", target):
         from mlflow.tracking import MlflowClient
 
-        from pipeline.tracking import tracking_uri as default_uri
+        from pipeline.tracking.runs import tracking_uri as default_uri
         run_id = target
         with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as td:
             state = checkpoint.load(MlflowClient(tracking_uri or default_uri()).download_artifacts(
@@ -93,10 +93,10 @@ def _registered(target: str, ema: bool, tracking_uri: str | None) -> Target:
     from pipeline import config as C
 
     try:
-        from pipeline import generator_model as GM
-        from pipeline.registry import fetched
+        from pipeline.tracking import generator_model as GM
+        from pipeline.tracking.registry import fetched
     except ImportError:
-        raise ValueError(f"{target}: registered models are not supported yet (no pipeline.registry); "
+        raise ValueError(f"{target}: registered models are not supported yet (no pipeline.tracking.registry); "
                          "pass a checkpoint folder or a run id") from None
     if not ema:
         raise ValueError(f"{target}: a registered generator holds the EMA weights only; drop --no-ema")
@@ -131,10 +131,10 @@ def _real_data(args, cfg):
 
 
 def cmd_evaluate(args) -> int:
-    from pipeline import metrics
-    from pipeline.extractors import load_extractor
-    from pipeline.metrics import collect, reference
-    from pipeline.metrics.protocol import EvalConfig, Protocol
+    from pipeline.evaluation import metrics
+    from pipeline.evaluation.extractors import load_extractor
+    from pipeline.evaluation.metrics import collect, reference
+    from pipeline.evaluation.metrics.protocol import EvalConfig, Protocol
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [n for n in names if n not in metrics.list_metrics()]
@@ -153,7 +153,7 @@ def cmd_evaluate(args) -> int:
     if "glyphs" in needs:
         if cfg is not None and (cfg.data.shards or cfg.data.builtin != "shapestack") and not args.data:
             print("ganforge: warning: coverage assumes shapestack images; this run's data may not be")
-        from pipeline.datasets.shapestack import oracle
+        from pipeline.data.datasets.shapestack import oracle
     ref = None
     if needs & {"real_stats", "real_features"}:
         urls, counts, sha, source, res = _real_data(args, cfg)
@@ -175,8 +175,8 @@ def cmd_evaluate(args) -> int:
             raise ValueError("--log needs a RUN_ID or models:/ target (it logs into that run)")
         from mlflow.tracking import MlflowClient
 
-        from pipeline.metrics.protocol import log_scores
-        from pipeline.tracking import tracking_uri
+        from pipeline.evaluation.metrics.protocol import log_scores
+        from pipeline.tracking.runs import tracking_uri
         client = MlflowClient(tracking_uri())
         log_scores(client, run_id, results, proto, step=step, ref_path=ref.path if ref else None)
         print(f"logged to MLflow run {run_id}")

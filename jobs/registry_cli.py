@@ -28,9 +28,9 @@ def _run(fn):
         _cli_env()                     # before the first mlflow import
         from mlflow.exceptions import MlflowException
 
-        from pipeline.checkpoint import CheckpointError
+        from pipeline.engine.checkpoint import CheckpointError
         from pipeline.config import ConfigError
-        from pipeline.generator_model import GeneratorError
+        from pipeline.tracking.generator_model import GeneratorError
 
         try:
             return fn(args)
@@ -45,7 +45,7 @@ def _run(fn):
 
 @_run
 def cmd_register(args) -> int:
-    from pipeline import registry
+    from pipeline.tracking import registry
 
     mv = registry.register_run(args.run_id, name=args.name, alias=args.alias)
     alias = f" @{args.alias}" if args.alias else ""
@@ -56,7 +56,7 @@ def cmd_register(args) -> int:
 
 @_run
 def cmd_promote(args) -> int:
-    from pipeline import registry
+    from pipeline.tracking import registry
 
     if args.remove:
         registry.remove_alias(args.name, args.alias)
@@ -72,7 +72,7 @@ def cmd_promote(args) -> int:
 
 @_run
 def cmd_models(args) -> int:
-    from pipeline import registry
+    from pipeline.tracking import registry
 
     rows = registry.list_versions(args.name)
     if not rows:
@@ -92,7 +92,7 @@ def cmd_models(args) -> int:
 
 @_run
 def cmd_pull(args) -> int:
-    from pipeline import registry
+    from pipeline.tracking import registry
 
     out = registry.pull(args.uri, args.out)
     print(f"pulled {args.uri} into {out} (weights.pt, config.yaml, ganforge_model.json, MODEL_CARD.md)")
@@ -101,7 +101,8 @@ def cmd_pull(args) -> int:
 
 @_run
 def cmd_sample(args) -> int:
-    from pipeline import registry, sampling
+    from pipeline.tracking import registry
+    from pipeline.families import sampling
 
     G = registry.load_generator(args.source, device=args.device)
     images = sampling.sample(G, args.n, args.seed, cls=args.cls, truncation=args.truncation)

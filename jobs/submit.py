@@ -16,8 +16,12 @@ from urllib.parse import urlparse
 from pipeline import config as C
 
 # Never shipped: environments, local results and data (shards are read from storage or URLs).
-EXCLUDES = (".venv", ".ganforge", "mlruns", "mlartifacts", "data", "shards", "ray_results",
-            "checkpoints", ".git", "*.tar", "__pycache__", "*.egg-info", ".pytest_cache")
+# Folder names count at the checkout's top only: pipeline/data/ is code, ./data is shards.
+ROOT_EXCLUDES = (".venv", ".ganforge", "mlruns", "mlartifacts", "data", "shards", "ray_results",
+                 "checkpoints", ".git")
+ANYWHERE = ("*.tar", "__pycache__", "*.egg-info", ".pytest_cache")
+# The same in gitignore syntax, for Ray's runtime_env (a leading / anchors at the top).
+EXCLUDES = tuple(f"/{n}" for n in ROOT_EXCLUDES) + ANYWHERE
 JOB_CONFIG = "ganforge_job.yaml"   # the resolved config, at the root of the shipped folder
 PROJECT_ROOT = C.PRESET_DIR.parent.parent
 
@@ -90,7 +94,13 @@ def stage(cfg: C.Config, dest: Path, root: Path = PROJECT_ROOT) -> Path:
     if not (root / "pyproject.toml").is_file():
         raise SubmitError(f"{root} is not a ganforge checkout; `ganforge submit` ships the project "
                           f"folder, so install it editable (pip install -e .)")
-    shutil.copytree(root, dest, ignore=shutil.ignore_patterns(*EXCLUDES), dirs_exist_ok=True)
+    anywhere = shutil.ignore_patterns(*ANYWHERE)
+
+    def ignore(folder, names):
+        top = set(ROOT_EXCLUDES) & set(names) if Path(folder) == root else set()
+        return top | anywhere(folder, names)
+
+    shutil.copytree(root, dest, ignore=ignore, dirs_exist_ok=True)
     (dest / JOB_CONFIG).write_text(C.dump_yaml(cfg))
     return dest
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import config as C
-from pipeline import evaluation, storage as S, tracking
+from pipeline.evaluation import in_loop as evaluation
+from pipeline.tracking import storage as S, runs as tracking
 
 RUN_FILE = "ganforge_run.json"   # in the Ray Train run folder: links it to its MLflow run
 
@@ -33,7 +34,7 @@ class TrainSummary:
 
 def builtin_shards(cfg: C.Config) -> Path:
     """Build the configured built-in dataset under $GANFORGE_HOME/data once; reuse it after."""
-    from pipeline.datasets import build_builtin
+    from pipeline.data.datasets import build_builtin
 
     d = cfg.data
     out = C.ganforge_home() / "data" / f"{d.builtin}-{d.resolution}px-{d.builtin_samples}"
@@ -96,7 +97,7 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
         run_id = json.loads(text)["mlflow_run_id"]
         print(f"[ganforge] continuing run {run_name} (MLflow run {run_id})", flush=True)
     else:
-        from pipeline.registry import git_commit
+        from pipeline.tracking.registry import git_commit
         tags = {"ganforge.run_dir": run_dir, "ganforge.data": spec, "ganforge.git_commit": git_commit()}
         if manifest:
             tags["ganforge.data_sha256"] = manifest.get("sha256", "")
@@ -137,7 +138,7 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
 
 def _register(ckpt_dir: str, cfg: C.Config, uri: str, run_id: str) -> str | None:
     """Register the EMA generator; a registry hiccup must not fail a finished training."""
-    from pipeline import registry
+    from pipeline.tracking import registry
 
     try:
         mv = registry.register_checkpoint(ckpt_dir, tracking_uri=uri, run_id=run_id,
@@ -155,7 +156,7 @@ def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.worker_entry import train_loop_per_worker
+    from pipeline.engine.worker_entry import train_loop_per_worker
 
     s = cfg.scaling
     return TorchTrainer(

@@ -4,8 +4,8 @@ projection discriminator (Miyato & Koyama 2018). Layer tables follow the paper's
 BigGAN-PyTorch's G_arch / D_arch.
 
 The rest of BigGAN lives outside the networks: hinge loss (loss.kind), orthogonal regularization
-(pipeline.regularizers.orthogonal), D steps per G step and the EMA of G (optim.*), and the
-truncation trick at sampling (pipeline.sampling.latents with cfg.truncation).
+(pipeline.engine.regularizers.orthogonal), D steps per G step and the EMA of G (optim.*), and the
+truncation trick at sampling (pipeline.families.sampling.latents with cfg.truncation).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import torch
 import models
 from models.biggan import G_MULT
 from models.layers import SelfAttention
-from pipeline import regularizers, steps
+from pipeline.engine import regularizers, steps
 from pipeline.config import ConfigError, LossConfig, from_dict
 
 FAMILIES = ["biggan", "biggan_deep"]

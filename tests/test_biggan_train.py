@@ -17,7 +17,7 @@ from PIL import Image
 
 from jobs.train import builtin_shards, run_training
 from pipeline import config as C
-from pipeline.datasets import shapestack
+from pipeline.data.datasets import shapestack
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import checkpoint
+from pipeline.engine import checkpoint
 
 
 def _state():

@@ -18,7 +18,7 @@ from webdataset.writer import TarWriter
 
 from pipeline.data import (Batch, DataError, RankStream, decode, epoch_assignment, load_manifest,
                            read_samples, resolve_shards, shard_keys, to_float, write_shards)
-from pipeline.datasets import shapestack
+from pipeline.data.datasets import shapestack
 
 UNEVEN = [5, 9, 3, 12, 7, 4, 11]  # 51 samples in 7 shards; rank 0 of 2 gets 26, rank 1 gets 25
 

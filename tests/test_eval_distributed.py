@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def prepared(smoke_shards, ganforge_home, tmp_path_factory):
-    from pipeline import evaluation
+    from pipeline.evaluation import in_loop as evaluation
     from pipeline.data import resolve_shards
 
     cfg = C.load("smoke", ["eval.every=4", "eval.metrics=[fid,kid,coverage]", "eval.n_real=128",
@@ -36,7 +36,7 @@ def _score(prepared, workers, tmp_path):
     from ray.train.torch import TorchTrainer
 
     cfg, prep, weights = prepared
-    from pipeline.evaluation import eval_loop_per_worker
+    from pipeline.evaluation.in_loop import eval_loop_per_worker
 
     trainer = TorchTrainer(
         eval_loop_per_worker, train_loop_config={"config": C.to_dict(cfg), "g_state": weights, "eval": prep},
@@ -47,7 +47,7 @@ def _score(prepared, workers, tmp_path):
 
 def _score_in_process(prepared):
     """The same evaluation as one rank alone, in this process: no Ray, nothing gathered."""
-    from pipeline.evaluation import InLoopEval
+    from pipeline.evaluation.in_loop import InLoopEval
 
     cfg, prep, weights = prepared
     G = models.build(cfg.model)["G"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torchvision.models import inception as tv
 
-from pipeline.checkpoint import sha256_file
-from pipeline.extractors import inception, load_extractor, small
+from pipeline.engine.checkpoint import sha256_file
+from pipeline.evaluation.extractors import inception, load_extractor, small
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +100,7 @@ def test_small_extractor_fit_writes_weights_and_metadata(small_weights):
 
 
 def test_small_extractor_features_logits_and_batch_independence(small_weights):
-    from pipeline.datasets import shapestack
+    from pipeline.data.datasets import shapestack
 
     ex = load_extractor(str(small_weights[0]))
     assert ex.name == small.NAME and not ex.standard and ex.sha256 == small_weights[1]["sha256"]
@@ -129,10 +129,10 @@ def test_small_extractor_missing_weights_names_the_command(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint_and_shards(tmp_path_factory):
     import models
-    from pipeline import checkpoint
+    from pipeline.engine import checkpoint
     from pipeline import config as C
-    from pipeline.datasets import shapestack
-    from pipeline.shards import write_shards
+    from pipeline.data.datasets import shapestack
+    from pipeline.data.shards import write_shards
 
     root = tmp_path_factory.mktemp("evalcli")
     cfg = C.load("smoke")
@@ -193,13 +193,13 @@ def test_evaluate_run_id_logs_scores_and_protocol(checkpoint_and_shards, small_w
 
 
 def test_evaluate_registered_generator_folder(checkpoint_and_shards, small_weights, tmp_path, capsys):
-    """A folder as `ganforge pull` writes it goes through pipeline.registry (sha256-checked)."""
-    pytest.importorskip("pipeline.registry")
+    """A folder as `ganforge pull` writes it goes through pipeline.tracking.registry (sha256-checked)."""
+    pytest.importorskip("pipeline.tracking.registry")
     import models
     from jobs import eval_cli
-    from pipeline import checkpoint
+    from pipeline.engine import checkpoint
     from pipeline import config as C
-    from pipeline import generator_model as GM
+    from pipeline.tracking import generator_model as GM
 
     ckpt, shards = checkpoint_and_shards
     state = checkpoint.load(ckpt)

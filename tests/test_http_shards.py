@@ -15,7 +15,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from jobs.train import builtin_shards, run_training
-from pipeline import checkpoint, storage
+from pipeline.engine import checkpoint
+from pipeline.tracking import storage
 from pipeline import config as C
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline import losses, regularizers
+from pipeline.engine import losses, regularizers
 
 
 def test_loss_values_at_known_logits():

@@ -9,16 +9,16 @@ import scipy.linalg
 import torch
 import torch.nn as nn
 
-from pipeline import metrics
-from pipeline.datasets import shapestack
-from pipeline.metrics import collect, reference
-from pipeline.metrics.coverage import class_accuracy, mode_coverage
-from pipeline.metrics.features import FeatureStats, Partial, combine, rank_slice
-from pipeline.metrics.fid import frechet_distance
-from pipeline.metrics.inception_score import inception_score
-from pipeline.metrics.kid import kernel_inception_distance, mmd2_unbiased
-from pipeline.metrics.precision_recall import knn_radii, precision_recall
-from pipeline.metrics.protocol import EvalConfig, Protocol
+from pipeline.evaluation import metrics
+from pipeline.data.datasets import shapestack
+from pipeline.evaluation.metrics import collect, reference
+from pipeline.evaluation.metrics.coverage import class_accuracy, mode_coverage
+from pipeline.evaluation.metrics.features import FeatureStats, Partial, combine, rank_slice
+from pipeline.evaluation.metrics.fid import frechet_distance
+from pipeline.evaluation.metrics.inception_score import inception_score
+from pipeline.evaluation.metrics.kid import kernel_inception_distance, mmd2_unbiased
+from pipeline.evaluation.metrics.precision_recall import knn_radii, precision_recall
+from pipeline.evaluation.metrics.protocol import EvalConfig, Protocol
 
 
 @pytest.fixture(autouse=True)
@@ -313,7 +313,7 @@ def test_reference_stats_cached_atomically_and_verified(real_ref, tmp_path):
 
 
 def test_shard_batches_slices_tile_the_dataset(tmp_path):
-    from pipeline.shards import write_shards
+    from pipeline.data.shards import write_shards
 
     m = write_shards(shapestack.samples(50, 16, 3), tmp_path, resolution=16, classes=shapestack.CLASSES,
                      source="t", shard_size=16)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import checkpoint
+from pipeline.engine import checkpoint
 from proc_session import stop_session
 
 pytestmark = pytest.mark.slow

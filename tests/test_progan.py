@@ -8,7 +8,7 @@ import torch
 import models
 from models.layers import MinibatchStdDev, pixel_norm
 from models.progan import progan_reals, progan_schedule
-from pipeline import steps
+from pipeline.engine import steps
 from pipeline.config import ConfigError, LossConfig, from_dict, load, to_dict
 
 

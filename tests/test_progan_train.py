@@ -12,7 +12,7 @@ from PIL import Image
 
 from jobs.train import builtin_shards, run_training
 from models.progan import progan_schedule
-from pipeline import checkpoint
+from pipeline.engine import checkpoint
 from pipeline import config as C
 
 pytestmark = pytest.mark.slow

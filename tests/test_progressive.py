@@ -1,4 +1,4 @@
-"""pipeline.progressive: stage, learning rate, Adam reset and batch changes on one rank, and DDP
+"""pipeline.engine.progressive: stage, learning rate, Adam reset and batch changes on one rank, and DDP
 re-wrapping across stage changes on two gloo processes (params stay in sync, old wrappers die)."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import models
-from pipeline import progressive, steps
+from pipeline.engine import progressive, steps
 from pipeline.config import from_dict
 
 MODEL = {"name": "progan", "resolution": 16, "z_dim": 8, "channel_max": 8,

@@ -23,9 +23,11 @@ from mlflow.tracking import MlflowClient
 
 import models
 from jobs import registry_cli
-from pipeline import checkpoint, registry, sampling, tracking
+from pipeline.engine import checkpoint
+from pipeline.tracking import registry, runs as tracking
+from pipeline.families import sampling
 from pipeline import config as C
-from pipeline import generator_model as GM
+from pipeline.tracking import generator_model as GM
 
 
 def make_checkpoint(out: Path, *overrides: str, seed: int = 0, step: int = 3) -> C.Config:

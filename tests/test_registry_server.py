@@ -85,8 +85,8 @@ def _user_flow(server: str, run_id: str, name: str, tmp: Path) -> None:
         "x = G(torch.zeros(2, 16), torch.tensor([0, 1]))\n"
         "assert x.shape == (2, 3, 16, 16) and x.abs().max() <= 1\n")
     _sh([sys.executable, "-c", code, "pyfunc.npy"], {**env, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}, shell)
-    from pipeline.generator_model import load_folder
-    from pipeline.sampling import sample
+    from pipeline.tracking.generator_model import load_folder
+    from pipeline.families.sampling import sample
 
     want = sample(load_folder(shell / "d"), 4, seed=3).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(np.load(shell / "pyfunc.npy"), want)
@@ -103,7 +103,7 @@ def test_server_flow_after_real_training(mlflow_server, ray_session, smoke_shard
     shutil.rmtree(tmp_path / "ray")
     name = f"trained-{uuid.uuid4().hex[:6]}"
     _user_flow(mlflow_server, s.mlflow_run_id, name, tmp_path)
-    from pipeline import registry
+    from pipeline.tracking import registry
 
     mv = registry.promote(name, 1, "champion", tracking_uri=mlflow_server)
     assert mv.tags["ganforge.step"] == "8" and mv.tags["ganforge.data_sha256"] not in ("", "unknown")

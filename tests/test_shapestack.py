@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pipeline.data import DataError, RankStream, load_manifest, read_samples, resolve_shards
-from pipeline.datasets import BUILTIN, build_builtin, digits, folder, shapestack
+from pipeline.data.datasets import BUILTIN, build_builtin, digits, folder, shapestack
 
 
 def test_generate_is_deterministic_per_seed():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import models
-from pipeline import steps
+from pipeline.engine import steps
 from pipeline.config import LossConfig
 
 

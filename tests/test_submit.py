@@ -11,7 +11,8 @@ import pytest
 
 from jobs import cli
 from jobs import submit as S
-from pipeline import checkpoint, storage
+from pipeline.engine import checkpoint
+from pipeline.tracking import storage
 from pipeline import config as C
 
 
@@ -56,7 +57,7 @@ def test_token_is_read_by_rays_own_loader(tmp_path):
 
 def test_stage_ships_the_project_without_data_and_with_the_resolved_config(tmp_path):
     root = tmp_path / "proj"
-    for rel in ["pyproject.toml", "jobs/cli.py", "pipeline/data.py", "jobs/configs/smoke.yaml",
+    for rel in ["pyproject.toml", "jobs/cli.py", "pipeline/data/stream.py", "jobs/configs/smoke.yaml",
                 ".venv/bin/python", ".git/HEAD", "data/x.tar", "shards/s.tar", "mlruns/0/m",
                 "ray_results/r/x", "checkpoints/c/state.pt", "big.tar", ".ganforge/mlflow.db",
                 "pipeline/__pycache__/a.pyc"]:
@@ -65,7 +66,7 @@ def test_stage_ships_the_project_without_data_and_with_the_resolved_config(tmp_p
     cfg = C.load("smoke", ["train.steps=3"])
     dest = S.stage(cfg, tmp_path / "out", root=root)
     shipped = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert shipped == [S.JOB_CONFIG, "jobs/cli.py", "jobs/configs/smoke.yaml", "pipeline/data.py",
+    assert shipped == [S.JOB_CONFIG, "jobs/cli.py", "jobs/configs/smoke.yaml", "pipeline/data/stream.py",
                        "pyproject.toml"]
     assert C.to_dict(C.load(str(dest / S.JOB_CONFIG))) == C.to_dict(cfg)
 
@@ -93,7 +94,7 @@ def test_storage_path_normalizing():
 def test_best_checkpoint_goes_to_a_uri_through_pyarrow(tmp_path):
     # The object-store path of _keep_best, on a file:// URI: meta.json last, loadable, and the
     # next run reads the best score back through the same filesystem layer.
-    from pipeline.train_loop import _best_so_far, _keep_best
+    from pipeline.engine.train_loop import _best_so_far, _keep_best
 
     run = (tmp_path / "run").as_uri()
     state = lambda: {"step": 7, "G": {}, "D": {}}  # noqa: E731

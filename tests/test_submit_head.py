@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from pipeline import checkpoint
+from pipeline.engine import checkpoint
 from pipeline import config as C
 from proc_session import stop_session
 

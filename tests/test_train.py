@@ -9,7 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from jobs.train import run_training
-from pipeline import checkpoint
+from pipeline.engine import checkpoint
 from pipeline import config as C
 
 pytestmark = pytest.mark.slow

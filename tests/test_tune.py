@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import checkpoint
+from pipeline.engine import checkpoint
 from pipeline import config as C
-from pipeline import search_space as S
+from pipeline.tuning import search_space as S
 
 ROOT = Path(__file__).resolve().parents[1]
 

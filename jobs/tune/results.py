@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jobs.tune import runs
 from jobs.tune.study import SEED_KEY, Study, StudyResult
-from pipeline import search_space as S
+from pipeline.tuning import search_space as S
 
 
 def _status(r, steps: int) -> str:
@@ -129,7 +129,7 @@ def _axis(v):
 def _register(study: Study, trial: dict, client) -> str | None:
     """Register the best trial's generator (tracking.register/model_name/model_alias of the base
     config) with the study as lineage. A registry hiccup must not fail a finished study."""
-    from pipeline import registry
+    from pipeline.tracking import registry
 
     t = study.config["tracking"]
     run_id = runs.find_child(study, client, trial["trial_id"])

@@ -11,7 +11,7 @@ def child_run(study: Study, cfg: C.Config, trial_id: str, run_name: str) -> str:
     (PBT, pause, --resume), so one trial keeps one metric history."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.tracking import runs as tracking
 
     client = MlflowClient(study.tracking_uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -20,7 +20,7 @@ def child_run(study: Study, cfg: C.Config, trial_id: str, run_name: str) -> str:
             f"tags.`ganforge.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{study.parent_run_id}'"))
         if found:
             return found[0].info.run_id
-    from pipeline.registry import git_commit
+    from pipeline.tracking.registry import git_commit
 
     return tracking.start_run(cfg, f"{study.name}/{trial_id}", study.tracking_uri, tags={
         "mlflow.parentRunId": study.parent_run_id, "ganforge.study": study.name,
@@ -35,8 +35,8 @@ def start_parent(study: Study) -> str:
     from mlflow.tracking import MlflowClient
 
     from jobs.tune import schedulers
-    from pipeline import tracking
-    from pipeline.registry import git_commit
+    from pipeline.tracking import runs as tracking
+    from pipeline.tracking.registry import git_commit
 
     cfg = C.from_dict(study.config)
     client = MlflowClient(study.tracking_uri)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from jobs.tune.study import SCHED_TIME, SEED_KEY, TRIAL_CPU, Study
 from pipeline import config as C
-from pipeline import search_space as S
+from pipeline.tuning import search_space as S
 
 
 def pbt_interval(config: dict, sp: S.Space) -> int:

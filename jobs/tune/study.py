@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import config as C
-from pipeline import search_space as S
+from pipeline.tuning import search_space as S
 
 SCHEDULERS = ("asha", "pbt", "none")
 # What a trial reports to Tune: the loop's metrics (pipeline/train_loop.py), the proxy, the
@@ -99,7 +99,7 @@ def new_study(config: str, overrides: list[str], *, space: str, scheduler: str =
     """Validate everything (config, space keys, objective, scheduler settings) and write the
     study folder. Starts nothing: the first error names the key. `dry_run` writes nothing."""
     from jobs.tune import schedulers
-    from pipeline import tracking
+    from pipeline.tracking import runs as tracking
 
     cfg = C.load(config, overrides)
     sp = S.load(space)
@@ -147,7 +147,7 @@ def new_study(config: str, overrides: list[str], *, space: str, scheduler: str =
 
     urls, manifest, spec = _shards(cfg)            # builds built-in shards once, before Ray
     if cfg.eval.every:                             # fit the extractor / cache the reference once,
-        from pipeline import evaluation            # not in every trial at the same time
+        from pipeline.evaluation import in_loop as evaluation            # not in every trial at the same time
         evaluation.prepare(cfg, urls, manifest, spec)
     root.mkdir(parents=True, exist_ok=True)
     space_copy = root / "space.yaml"

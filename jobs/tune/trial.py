@@ -14,7 +14,7 @@ from ray.train import UserCallback
 
 from jobs.tune import runs
 from jobs.tune.study import PROXY, SCHED_TIME, TRIAL_CPU, Study
-from pipeline import search_space as S
+from pipeline.tuning import search_space as S
 
 
 class Mailbox:
@@ -108,7 +108,7 @@ def run_trial(config: dict, study: dict) -> None:
     import ray.tune
 
     from jobs.train import build_trainer
-    from pipeline import tracking
+    from pipeline.tracking import runs as tracking
 
     # A reused trial actor waits this long for the previous trial's thread, which may be
     # aborting its Train run (below); Tune's default is 2 s.

@@ -1,0 +1,360 @@
+"""Typed run configuration: YAML preset + dotted `key=value` overrides -> a frozen Config.
+
+Config flows one way: the driver loads and validates it, then hands `to_dict(cfg)` to every
+worker, which rebuilds it with `from_dict`. Nothing writes back into it.
+
+The validator is hand-written (about 100 lines) on purpose: model configs are stdlib dataclasses
+that must import with torch alone (the GPU benchmark path has no pydantic), and we want strict
+types (no silent "3" -> 3.0 coercion from YAML) with errors that name the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+import models
+from pipeline.evaluation.metrics.protocol import EvalConfig
+
+
+class ConfigError(ValueError):
+    """A config problem; the message always names the offending dotted key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    # Shards to read: a manifest.json, a folder holding one, or a brace pattern / URL list
+    # (local paths, file://, http(s)://, pipe:). None means the built-in dataset below, whose
+    # shards are written under $GANFORGE_HOME/data on first use.
+    shards: str | None = None
+    builtin: Literal["shapestack", "digits"] = "shapestack"
+    builtin_samples: int = 4096          # images written when the built-in dataset is built
+    builtin_shard_size: int = 512         # samples per shard for the built-in dataset
+    resolution: int = 32                  # px; images are resized/cropped to this square size
+    loader_workers: int = 2               # DataLoader worker processes per rank (0 = in-process)
+    shuffle_buffer: int = 256             # in-worker sample shuffle buffer (0 = no shuffle)
+    # What a bad sample gets: convert what can be converted (grey/RGBA -> RGB) and skip the rest,
+    # skip everything that is not clean RGB, or raise naming shard and key.
+    bad_samples: Literal["convert", "skip", "strict"] = "convert"
+
+    def __post_init__(self):
+        _check(16 <= self.resolution <= 1024, "data.resolution", f"{self.resolution} not in [16, 1024]")
+        _check(self.loader_workers >= 0, "data.loader_workers", "must be >= 0")
+        _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
+        _check(self.builtin_samples > 0, "data.builtin_samples", "must be > 0")
+        _check(self.builtin_shard_size > 0, "data.builtin_shard_size", "must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    kind: Literal["minimax", "nonsaturating", "hinge", "wasserstein"] = "nonsaturating"
+    gp_weight: float = 0.0        # WGAN-GP gradient penalty weight (lambda); 0 disables
+    r1_gamma: float = 0.0         # R1 penalty on real data (gamma); 0 disables
+    drift_weight: float = 0.0     # ProGAN drift term eps * E[D(x)^2]; 0 disables
+    ortho_weight: float = 0.0     # BigGAN orthogonal regularization of G (beta); 0 disables
+
+    def __post_init__(self):
+        for k in ("gp_weight", "r1_gamma", "drift_weight", "ortho_weight"):
+            _check(getattr(self, k) >= 0, f"loss.{k}", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    d_steps_per_g: int = 1        # discriminator updates per generator update
+    ema_decay: float = 0.999      # EMA of G weights per G step; 0 disables averaging
+    ema_start: int = 0            # G steps before the EMA starts tracking (copies G until then)
+
+    def __post_init__(self):
+        _check(self.g_lr > 0, "optim.g_lr", "must be > 0")
+        _check(self.d_lr > 0, "optim.d_lr", "must be > 0")
+        _check(all(0 <= b < 1 for b in self.betas), "optim.betas", "each must be in [0, 1)")
+        _check(self.d_steps_per_g >= 1, "optim.d_steps_per_g", "must be >= 1")
+        _check(0 <= self.ema_decay < 1, "optim.ema_decay", "must be in [0, 1)")
+        _check(self.ema_start >= 0, "optim.ema_start", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    steps: int = 1000             # G steps in total (a resumed run continues up to this count)
+    batch_size: int = 64          # per worker; the global batch is batch_size * scaling.num_workers
+    seed: int = 0
+    log_every: int = 50           # steps between metric reports
+    sample_every: int = 200       # steps between sample grids (0 = only at the end)
+    checkpoint_every: int = 200   # steps between full-state checkpoints (the last step always)
+    keep_checkpoints: int = 2     # newest checkpoints kept on storage
+    run_name: str | None = None   # reuse a name to resume that run; None = "<preset>-<time>"
+    # Ray Train storage: a local/NFS path (made absolute) or s3://BUCKET/prefix, gs://BUCKET/prefix
+    # (file:/// too). On a multi-node cluster it must be shared by all nodes. None =
+    # $GANFORGE_HOME/ray_results.
+    storage_path: str | None = None
+    precision: Literal["auto", "bf16", "fp32"] = "auto"   # auto = bf16 autocast on GPU only
+    # Layout of G's and D's weights and of the real batches. auto = channels_last (NHWC) on a GPU
+    # under bf16, where it is cuDNN's fast path, else contiguous (NCHW). channels_last also helps
+    # oneDNN's CPU convolutions (BigGAN 32 px on one core: ~12% faster per step).
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    # Fault-injection for testing recovery: rank 1 (or 0 with one worker) raises once at this step.
+    inject_failure_at: int | None = None
+
+    def __post_init__(self):
+        _check(self.steps >= 1, "train.steps", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        for k in ("log_every", "checkpoint_every"):
+            _check(getattr(self, k) >= 1, f"train.{k}", "must be >= 1")
+        _check(self.sample_every >= 0, "train.sample_every", "must be >= 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        if self.storage_path is not None:
+            from pipeline.tracking import storage
+            try:
+                storage.normalize(self.storage_path)
+            except storage.StorageError as e:
+                raise ConfigError(str(e)) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    uri: str | None = None        # None = $MLFLOW_TRACKING_URI, else sqlite under $GANFORGE_HOME
+    experiment: str = "ganforge"
+    samples: int = 64             # images in each sample grid (fixed latents, fixed classes)
+    log_checkpoint: bool = True   # log the final checkpoint as an MLflow artifact
+    register: bool = True         # register the final EMA generator in the MLflow model registry
+    model_name: str | None = None  # registered model name; None = ganforge-<family>
+    model_alias: str | None = None  # also point this alias at the new version (e.g. "champion")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingConfig:
+    num_workers: int = 2          # workers to run (the most, when min_workers is set)
+    # Node loss: None = wait until num_workers fit again (a replacement node); an int k makes the
+    # run elastic: Ray Train restarts with as many workers as fit, between k and num_workers, and
+    # grows back when nodes return. batch_size is per worker, so the global batch shrinks with the
+    # worker count; learning rates are not rescaled (see README, "Node loss").
+    min_workers: int | None = None
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2         # worker-group restarts from the latest checkpoint
+    address: str | None = None    # None = start a local Ray; "auto" or host:port joins a cluster
+
+    def __post_init__(self):
+        _check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        _check(self.min_workers is None or 1 <= self.min_workers <= self.num_workers,
+               "scaling.min_workers", f"must be in [1, scaling.num_workers={self.num_workers}]")
+        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        _check(self.max_failures >= 0, "scaling.max_failures", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    model: Any                    # the registered family's own config dataclass
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)   # in-loop evaluation (off by default)
+    preset: str = "custom"        # the preset file it came from, for run names
+
+
+# ---------------------------------------------------------------- validation
+
+def _typename(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against annotation `tp`; return it (tuples from lists, ints as floats)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_typename(tp)}, got {value!r}")
+    if origin is Literal:
+        _check(value in typing.get_args(tp), key,
+               f"must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        _check(len(value) == len(args), key, f"expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or tp is dict:
+        _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key,
+               f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp}")
+
+
+def _build(cls, data: Any, prefix: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys by their dotted name."""
+    _check(isinstance(data, dict), prefix or "<root>", f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for k in data:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        # Model configs raise "field: problem" so the dotted key can be named here.
+        raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
+
+
+def from_dict(d: dict) -> Config:
+    d = dict(d)
+    _check(isinstance(d.get("model"), dict), "model", "missing section (needs at least model.name)")
+    model = dict(d.pop("model"))
+    name = model.pop("name", None)
+    _check(name in models.list_models(), "model.name",
+           f"unknown model {name!r} (known: {', '.join(models.list_models())})")
+    model_cfg = _build(models.config_class(name), model, "model")
+    hints = typing.get_type_hints(Config)
+    for k in d:
+        _check(k in hints and k != "model", k,
+               f"unknown section (known: model, {', '.join(s for s in hints if s != 'model')})")
+    kwargs = {k: _coerce(v, hints[k], k) for k, v in d.items()}
+    cfg = Config(model=model_cfg, **kwargs)
+    _cross_check(cfg)
+    return cfg
+
+
+def _cross_check(cfg: Config) -> None:
+    res = getattr(cfg.model, "resolution", None)
+    if res is not None:
+        _check(res == cfg.data.resolution, "data.resolution",
+               f"{cfg.data.resolution} differs from model.resolution {res}")
+
+
+def to_dict(cfg: Config) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["model"] = {"name": models.family_of(cfg.model), **dataclasses.asdict(cfg.model)}
+    return _plain(d)
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_hash(cfg: Config) -> str:
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "jobs" / "configs"
+
+
+def find_yaml(name_or_path: str, directory: Path, what: str) -> Path:
+    """A YAML file by path, or by preset name in `directory`; `what` names the input in errors."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (directory / name_or_path, directory / f"{name_or_path}.yaml"):
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(q.stem for q in directory.glob("*.yaml")))
+    raise ConfigError(f"{what}: no file or preset named {name_or_path!r} (presets: {known})")
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    return find_yaml(name_or_path, PRESET_DIR, "config")
+
+
+def apply_override(d: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected key=value")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    value = yaml.safe_load(raw) if raw.strip() else None
+    parts = key.split(".")
+    node = d
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{'.'.join(parts[:i + 1])}: is a value, cannot set {key}")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def load(path: str, overrides: list[str] = ()) -> Config:
+    p = resolve_preset(path)
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {p}: not valid YAML: {e}") from None
+    _check(isinstance(d, dict), str(p), "top level must be a mapping")
+    for o in overrides:
+        apply_override(d, o)
+    d.setdefault("preset", p.stem)
+    return from_dict(d)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def ganforge_home() -> Path:
+    """Project-local working folder for the embedded defaults (sqlite MLflow, Ray storage, data)."""
+    return Path(os.environ.get("GANFORGE_HOME", Path.cwd() / ".ganforge")).resolve()

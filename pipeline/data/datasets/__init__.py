@@ -1,0 +1,33 @@
+"""Built-in offline datasets, written as shards on first use."""
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+from pipeline.data.datasets import digits, shapestack
+from pipeline.data.shards import DataError, load_manifest, write_shards
+
+BUILTIN = {"shapestack": shapestack, "digits": digits}
+
+
+def build_builtin(name: str, out_dir: str | Path, *, resolution: int, n: int, shard_size: int,
+                  seed: int = 0, fmt: str = "png") -> dict:
+    """Write shards of a built-in dataset into out_dir and return the manifest. If out_dir already
+    holds a complete build with the same parameters, return its manifest instead.
+    digits has 1,797 images: a larger n takes them all."""
+    if name not in BUILTIN:
+        raise DataError(f"unknown built-in dataset {name!r}; choose from {sorted(BUILTIN)}")
+    source = f"builtin:{name}?n={n}&resolution={resolution}&seed={seed}&shard_size={shard_size}&format={fmt}"
+    try:
+        existing = load_manifest(out_dir)
+        if existing["source"] == source:
+            return existing
+    except DataError:
+        pass  # nothing (complete) there yet
+    module = BUILTIN[name]
+    if name == "shapestack":
+        items = module.samples(n, resolution, seed)
+    else:
+        items = islice(module.samples(resolution, seed), n)
+    return write_shards(items, out_dir, resolution=resolution, classes=module.CLASSES, source=source,
+                        fmt=fmt, shard_size=shard_size)

@@ -1,0 +1,1 @@
+"""GAN families: one spec per family (networks, optimizers, phases, fields, generation inputs)."""

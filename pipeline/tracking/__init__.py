@@ -1,0 +1,1 @@
+"""MLflow runs, the model registry, the logged generator model, model cards and storage URIs."""

@@ -1,0 +1,77 @@
+"""Log a generator as one MLflow model with two flavors, no pickled objects in either:
+- `python_function`: "models from code" (generator_pyfunc.py, copied into the model and run on
+  load) over the generator folder's state dict + config + sha256 manifest.
+- `pytorch`: the same network through torch.export (pt2), so `mlflow.pytorch.load_model`
+  returns a module G(z[, y]) -> images in [-1, 1]. MLflow 3.17 offers "pickle" (unpickles a
+  whole module) or "pt2"; with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false it checks that a pt2
+  archive holds only tensors and primitives before loading it. `mlflow.pytorch.log_model` would
+  also claim the pyfunc flavor for raw tensors, so the pt2 file is added here by hand.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import types
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+from pipeline import config as C
+from pipeline.tracking import generator_model as GM
+from pipeline.engine.checkpoint import sha256_file
+
+CODE = Path(__file__).with_name("generator_pyfunc.py")
+MODEL_NAME = "generator"       # the logged model's name inside its run
+
+
+def _flavors(pt2: Path):
+    """A flavor "module" for Model.log: pyfunc from code, then the pt2 file as `pytorch`."""
+    def save_model(path, mlflow_model, **kw):
+        mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kw)
+        (Path(path) / "torch").mkdir()
+        shutil.copy2(pt2, Path(path) / "torch" / GM.PT2)
+        mlflow_model.add_flavor("pytorch", model_data="torch", code=None,
+                                pytorch_version=str(torch.__version__))
+        mlflow_model.save(str(Path(path) / "MLmodel"))
+    return types.SimpleNamespace(__name__="mlflow.pyfunc", save_model=save_model)
+
+
+def signature_and_example(m: dict) -> tuple[ModelSignature, pd.DataFrame]:
+    # class is a double because pandas stores an int column with gaps as floats (NaN = none given).
+    inputs = Schema([ColSpec("long", "n"), ColSpec("long", "seed"),
+                     ColSpec("double", "class", required=False), ColSpec("double", "truncation", required=False)])
+    r = m["resolution"]
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, r, r, 3))])
+    example = {"n": 2, "seed": 0, **({"class": 0.0} if m["num_classes"] else {}), "truncation": 1.0}
+    return ModelSignature(inputs, outputs), pd.DataFrame([example])
+
+
+def log_generator(client: MlflowClient, G: nn.Module, cfg: C.Config, *, step: int, run_id: str) -> tuple[str, dict]:
+    """Log G into run `run_id` (MLflow's global tracking URI must be the client's).
+    Returns the model URI and the generator manifest."""
+    with tempfile.TemporaryDirectory() as td:
+        pt2, folder = Path(td, GM.PT2), Path(td, "generator")
+        GM.export_pt2(G, pt2)
+        m = GM.write_folder(G, cfg, folder, step=step, extra={"pt2_sha256": sha256_file(pt2)})
+        sig, example = signature_and_example(m)
+        # Created here so it lands in the run's experiment: Model.log alone files a model
+        # logged into a non-active run under the default experiment (and ./mlruns).
+        lm = client.create_logged_model(experiment_id=client.get_run(run_id).info.experiment_id,
+                                        name=MODEL_NAME, source_run_id=run_id,
+                                        tags={"ganforge.family": m["family"]})
+        info = mlflow.models.Model.log(
+            artifact_path=None, name=MODEL_NAME, flavor=_flavors(pt2), run_id=run_id, model_id=lm.model_id,
+            python_model=str(CODE), signature=sig, input_example=example,
+            artifacts={"manifest": str(folder / GM.MANIFEST), "weights": str(folder / GM.WEIGHTS),
+                       "config": str(folder / GM.CONFIG)},
+            # Listed, not inferred: inference reloads the model in a subprocess (slow).
+            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                              "pyyaml", "numpy", "pandas", f"ganforge=={m['ganforge_version']}"])
+        return info.model_uri, m

@@ -1,0 +1,1 @@
+"""Ray Tune search spaces over config keys (the study driver lives in jobs/tune)."""
