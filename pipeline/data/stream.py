@@ -7,6 +7,11 @@ steps, uneven shard sizes cannot make one rank stop early and hang DDP.
 Exact resume rests on three facts: a worker's sample order is a pure function of
 (seed, rank, worker, epoch) and the shard contents; each batch reports how many samples its worker
 has consumed; and DataLoader hands out batches round-robin over workers in a fixed order.
+
+What a sample must hold is declared as fields (pipeline/data/fields.py): by default an image and a
+`.cls` label. A sample lacking a required field is a bad sample (the bad_samples policy applies);
+a pass over the rank's shards that yields no usable sample at all raises DataError rather than
+looping over the shards forever.
 """
 from __future__ import annotations
 
@@ -19,11 +24,13 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import decode_jpeg, decode_png
+from torchvision.io import decode_image, decode_jpeg, decode_png, decode_webp
 from torchvision.transforms.v2 import functional as TF
 
+from pipeline.data.fields import (DEFAULT_FIELDS, Field, Image, Label, Text, describe,  # noqa: F401
+                                  member, validate)
 from pipeline.data.shards import (DataError, count_samples, load_manifest, read_samples,  # noqa: F401
-                             resolve_shards, shard_keys, write_shards)
+                                  resolve_shards, shard_keys, write_shards)
 
 log = logging.getLogger(__name__)
 # torchvision 0.29 warns on every decode call that decoding moves to TorchCodec (not installed
@@ -32,16 +39,30 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 
 POLICIES = ("convert", "skip", "strict")
 _DRAW_CHUNK = 4096  # shuffle-buffer slots are drawn in blocks of this size, live and on replay
+_MAX_BAD_KEYS = 5   # "url#key" of skipped samples a batch carries
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # uint8 [B, 3, R, R]; to_float() in the consumer (4x fewer bytes over IPC)
-    labels: torch.Tensor  # int64 [B]
+    # One entry per declared field, in declaration order: Image -> uint8 [B, 3, R, R] (to_float()
+    # in the consumer: 4x fewer bytes over IPC; all zeros where optional and missing), Label ->
+    # int64 [B] (-1 where optional and missing), Text -> list of B str ("" where optional and missing).
+    fields: dict[str, torch.Tensor | list[str]]
     position: dict        # picklable resume state of this rank's stream after this batch
     n_skipped: int        # bad samples skipped while producing this batch
-    n_converted: int      # grey/RGBA samples converted to RGB while producing this batch
+    n_converted: int      # samples with a grey/RGBA/16-bit image converted to RGB in this batch
     bad_keys: list[str]   # up to 5 "shard_url#key" of skipped samples
+
+    @property
+    def images(self) -> torch.Tensor | None:
+        """The first Image field (uint8 [B, 3, R, R]), None if no Image field was declared."""
+        return next((v for v in self.fields.values() if isinstance(v, torch.Tensor) and v.ndim == 4), None)
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """The "cls" field (int64 [B] with the default fields), None if not declared."""
+        return self.fields.get("cls")
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -65,12 +86,32 @@ def _fix(img: torch.Tensor, resolution: int, policy: str, where: str) -> tuple[t
     return img, converted
 
 
+_EXT_KINDS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
+_DECODERS = {"jpeg": decode_jpeg, "png": decode_png, "webp": decode_webp, "other": decode_image}
+
+
+def image_kind(data: bytes, ext: str) -> str:
+    """"jpeg", "png", "webp" from the bytes' signature, else from the member name's last
+    extension ("target.jpg" -> jpeg), else "other" (torchvision's decode_image guesses)."""
+    head = data[:12]
+    if head[:2] == b"\xff\xd8":
+        return "jpeg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return _EXT_KINDS.get(ext.rsplit(".", 1)[-1], "other")
+
+
 def decode_many(items: list[tuple[bytes, str, str]], resolution: int,
                 policy: str) -> list[tuple[torch.Tensor | None, bool]]:
-    """[(encoded bytes, ext, "url#key")] -> [(uint8 [3, R, R] or None if skipped, converted?)].
-    Raises DataError naming url#key under the strict policy."""
-    bufs = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data, _, _ in items]  # writable
-    jpegs = [i for i, (_, ext, _) in enumerate(items) if ext != "png"]
+    """[(encoded bytes, ext or member name, "url#key")] -> [(uint8 [3, R, R] or None if skipped,
+    converted?)]. JPEG, PNG, WebP (and whatever else torchvision decodes), told apart by their
+    bytes. Raises DataError naming url#key under the strict policy."""
+    bufs = [torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else None  # writable
+            for data, _, _ in items]
+    kinds = [image_kind(data, ext) for data, ext, _ in items]
+    jpegs = [i for i, k in enumerate(kinds) if k == "jpeg" and bufs[i] is not None]
     decoded = [None] * len(items)
     if jpegs:
         try:
@@ -81,11 +122,15 @@ def decode_many(items: list[tuple[bytes, str, str]], resolution: int,
         except RuntimeError:
             pass  # a corrupt one among them: the loop below decodes them one by one
     out = []
-    for buf, img, (_, ext, where) in zip(bufs, decoded, items):
+    for buf, img, kind, (_, ext, where) in zip(bufs, decoded, kinds, items):
         if img is None:
             try:
-                img = decode_png(buf) if ext == "png" else decode_jpeg(buf)
-            except RuntimeError as e:
+                if buf is None:
+                    raise RuntimeError("empty member")
+                img = _DECODERS[kind](buf)
+                if img.ndim == 4:  # an animated image (GIF via decode_image): its first frame
+                    img = img[0]
+            except (RuntimeError, ValueError) as e:
                 if policy == "strict":
                     raise DataError(f"{where}: undecodable {ext} image: {e}") from e
                 out.append((None, False))
@@ -123,6 +168,56 @@ def epoch_assignment(urls: list[str], world_size: int, loader_workers: int, seed
     return out
 
 
+def _watch_window(shuffle_buffer: int) -> int:
+    """Epochs of per-epoch bookkeeping kept: with tiny shards a shuffle buffer mixes samples of
+    many epochs, and an epoch is judged only once all its samples left the buffer."""
+    return 64 + 4 * shuffle_buffer
+
+
+class _PassWatch:
+    """Notices an epoch of one worker whose samples all came out unusable.
+
+    raw() records each epoch's sample count when it ends; the batch loop reports every sample it
+    got from the shuffle buffer as usable or not. An epoch is dead once as many unusable samples
+    of it came out as it holds (a resumed, part-read first epoch never qualifies). Bookkeeping
+    for epochs older than the window is dropped, which can only delay a verdict, never fake one.
+    """
+
+    def __init__(self, sizes: dict[int, int], window: int):
+        self.sizes, self.window = sizes, window
+        self.bad: dict[int, int] = {}
+        self.settled: set[int] = set()  # epochs with a usable sample (or already reported)
+        self.newest = self.floor = None
+
+    def _advance(self, epoch: int) -> None:
+        if self.newest is None:
+            self.floor = epoch
+        self.newest = epoch
+        while self.floor < epoch - self.window:
+            self.bad.pop(self.floor, None)
+            self.settled.discard(self.floor)
+            self.floor += 1
+
+    def usable(self, epoch: int) -> None:
+        if self.newest is None or epoch > self.newest:
+            self._advance(epoch)
+        self.settled.add(epoch)
+
+    def unusable(self, epoch: int) -> int | None:
+        """Count one unusable sample of `epoch`; -> an epoch that just turned out dead, or None."""
+        if self.newest is None or epoch > self.newest:
+            self._advance(epoch)
+        if epoch < self.floor:
+            return None
+        self.bad[epoch] = self.bad.get(epoch, 0) + 1
+        # Without a shuffle buffer an epoch's size is known only once the next epoch started.
+        for e in (epoch - 1, epoch):
+            if e not in self.settled and e in self.sizes and self.bad.get(e) == self.sizes[e]:
+                self.settled.add(e)
+                return e
+        return None
+
+
 def _draws(seed: int, rank: int, worker: int, base_epoch: int, size: int) -> Iterator[list[int]]:
     """Blocks of shuffle-buffer slot draws; identical on the live path and on resume replay."""
     rng = np.random.default_rng([seed, rank, worker, base_epoch, 1])
@@ -137,6 +232,9 @@ class _WorkerStream:
         self.rank_urls, self.counts = rank_urls, counts
         self.seed, self.rank, self.worker, self.nw = seed, rank, worker, nw
         self.size = shuffle_buffer
+        # epoch -> samples raw() read in it, recorded once its last shard is done (recent ones only)
+        self.sizes: dict[int, int] = {}
+        self.window = _watch_window(shuffle_buffer)
 
     def raw(self, base_epoch: int, skip: int) -> Iterator[tuple[int, str, str, dict]]:
         """(epoch, url, key, members) forever from the start of base_epoch, minus `skip` samples."""
@@ -156,6 +254,8 @@ class _WorkerStream:
                     yield epoch, url, key, members
                 n_epoch += skip
                 skip = 0
+            self.sizes[epoch] = n_epoch
+            self.sizes.pop(epoch - self.window, None)
             if n_epoch == 0:
                 raise DataError(f"rank {self.rank} worker {self.worker}: shards {shards} hold no samples")
 
@@ -199,11 +299,15 @@ class _ShardDataset(IterableDataset):
     """Runs inside each DataLoader worker; physical worker p plays logical worker (p + first) % nw."""
 
     def __init__(self, rank_urls, counts, *, rank, nw, seed, shuffle_buffer, batch_size, resolution,
-                 policy, starts, first):
+                 policy, starts, first, fields):
         self.rank_urls, self.counts, self.rank, self.nw, self.seed = rank_urls, counts, rank, nw, seed
         self.shuffle_buffer, self.batch_size, self.resolution, self.policy = (
             shuffle_buffer, batch_size, resolution, policy)
         self.starts, self.first = starts, first
+        self.fields = fields
+        # (slot, name, kind, members, optional, reads .json?) per field, in declaration order
+        self._plan = [(i, name, type(f), f.members, f.optional, any(m.startswith("json:") for m in f.members))
+                      for i, (name, f) in enumerate(fields.items())]
 
     def __iter__(self):
         info = get_worker_info()
@@ -211,51 +315,173 @@ class _ShardDataset(IterableDataset):
         base_epoch, consumed = self.starts[w]
         stream = _WorkerStream(self.rank_urls, self.counts, seed=self.seed, rank=self.rank, worker=w,
                                nw=self.nw, shuffle_buffer=self.shuffle_buffer)
+        watch = _PassWatch(stream.sizes, stream.window)
+        dead: set[str] = set()   # shards known to hold no usable sample
+        example = None           # (url, key, members, why) of the latest unusable sample
+        self._blank = torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8)
         samples = stream.samples(base_epoch, consumed)
+        names = [name for _, name, *_ in self._plan]
         while True:
             # Take exactly as many samples as the batch still lacks and decode them together; the
             # batch therefore ends on the same sample as a one-by-one loop would (exact resume).
-            images, labels, skipped, converted, bad = [], [], 0, 0, []
-            while len(images) < self.batch_size:
-                todo, todo_labels = [], []
-                for _ in range(self.batch_size - len(images)):
+            columns = [[] for _ in names]
+            n, skipped, converted, bad = 0, 0, 0, []
+            while n < self.batch_size:
+                todo, items = [], []
+                for _ in range(self.batch_size - n):
                     epoch, url, key, members = next(samples)
                     consumed += 1
-                    item = self._parse(url, key, members)
-                    if item is None:
-                        skipped += 1
+                    parsed = self._parse(url, key, members)
+                    if not isinstance(parsed, str):
+                        values, images = parsed
+                        todo.append((epoch, url, key, members, values, images))
+                        items.extend(item for _, item in images)
+                        continue
+                    skipped += 1
+                    if len(bad) < _MAX_BAD_KEYS:
                         bad.append(f"{url}#{key}")
-                    else:
-                        todo.append(item[:3])
-                        todo_labels.append(item[3])
-                for (img, conv), label, (_, _, where) in zip(
-                        decode_many(todo, self.resolution, self.policy), todo_labels, todo):
-                    if img is None:
-                        skipped += 1
-                        bad.append(where)
-                    else:
-                        images.append(img)
-                        labels.append(label)
+                    example = (url, key, members, parsed)
+                    dead_epoch = watch.unusable(epoch)
+                    if dead_epoch is not None:
+                        self._dead_pass(stream, dead_epoch, dead, example)
+                decoded = iter(decode_many(items, self.resolution, self.policy) if items else ())
+                for ep, u, k, m, values, images in todo:  # not `epoch`: state reports the last read
+                    ok, conv = True, False
+                    for slot, (_, ext, _) in images:
+                        img, c = next(decoded)
+                        if img is None:
+                            ok, why = False, f"field {names[slot]!r}: its {ext} image is undecodable " \
+                                             f"or not RGB under bad_samples={self.policy!r}"
+                        else:
+                            values[slot] = img
+                            conv = conv or c
+                    if ok:
+                        for column, value in zip(columns, values):
+                            column.append(value)
+                        n += 1
                         converted += conv
+                        watch.usable(ep)
+                        continue
+                    skipped += 1
+                    if len(bad) < _MAX_BAD_KEYS:
+                        bad.append(f"{u}#{k}")
+                    example = (u, k, m, why)
+                    dead_epoch = watch.unusable(ep)
+                    if dead_epoch is not None:
+                        self._dead_pass(stream, dead_epoch, dead, example)
             state = {"worker": w, "base_epoch": base_epoch, "consumed": consumed, "epoch": epoch}
-            yield torch.stack(images), torch.tensor(labels), state, skipped, converted, bad[:5]
+            out = {}
+            for (_, name, kind, *_), column in zip(self._plan, columns):
+                out[name] = (torch.stack(column) if kind is Image else
+                             torch.tensor(column, dtype=torch.int64) if kind is Label else column)
+            yield out, state, skipped, converted, bad
 
     def _parse(self, url, key, members):
-        """-> (bytes, ext, "url#key", label), or None for a sample without label or image."""
-        where = f"{url}#{key}"
-        ext = next((e for e in ("jpg", "jpeg", "png") if e in members), None)
+        """-> ([value per field, None for images still to decode], [(slot, (bytes, member,
+        "url#key"))] images to decode), or a str saying why the sample is unusable (under the
+        strict policy a DataError naming url#key instead)."""
+        values, images, cache = [], [], {}
+        for slot, name, kind, names, optional, reads_json in self._plan:
+            raw = found = None
+            if reads_json:
+                try:
+                    for m in names:
+                        raw = member(members, m, cache)
+                        if raw is not None:
+                            found = m
+                            break
+                except ValueError as e:
+                    return self._bad(url, key, members, f"field {name!r}: {e}")
+            else:
+                for m in names:
+                    raw = members.get(m)
+                    if raw is not None:
+                        found = m
+                        break
+            if raw is None:
+                if not optional:
+                    return self._bad(url, key, members,
+                                     f"missing required field {name!r} ({'|'.join(names)})")
+                values.append(self._blank if kind is Image else -1 if kind is Label else "")
+            elif kind is Image:
+                values.append(None)
+                images.append((slot, (raw, found, f"{url}#{key}")))
+            elif kind is Label:
+                label = _as_int(raw)
+                if label is None:
+                    return self._bad(url, key, members,
+                                     f"field {name!r}: {found} is not an integer label ({raw!r:.40})")
+                values.append(label)
+            else:
+                if isinstance(raw, bytes):
+                    try:
+                        raw = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return self._bad(url, key, members, f"field {name!r}: {found} is not utf-8 text")
+                elif not isinstance(raw, str):
+                    return self._bad(url, key, members,
+                                     f"field {name!r}: {found} is not text ({raw!r:.40})")
+                values.append(raw)
+        return values, images
+
+    def _bad(self, url, key, members, why):
+        if self.policy == "strict":
+            raise DataError(f"{url}#{key}: {why}; members: {sorted(members)}; "
+                            f"fields: {describe(self.fields)}")
+        return why
+
+    def _usable(self, url, key, members) -> str | None:
+        """None if this sample would go into a batch, else why not (decodes its images)."""
+        parsed = self._parse(url, key, members)
+        if isinstance(parsed, str):
+            return parsed
+        _, images = parsed
+        results = decode_many([item for _, item in images], self.resolution, self.policy) if images else []
+        for (slot, (_, ext, _)), (img, _) in zip(images, results):
+            if img is None:
+                return (f"field {self._plan[slot][1]!r}: its {ext} image is undecodable or not RGB "
+                        f"under bad_samples={self.policy!r}")
+        return None
+
+    def _dead_pass(self, stream, epoch, dead, example):
+        """A whole epoch of this worker gave no usable sample. Other workers may read better
+        shards, so check the rank's other shards for one usable sample (once per shard); if none
+        has one, no batch can ever be made: raise instead of looping over the shards forever."""
+        dead.update(epoch_shards(self.rank_urls, self.seed, self.rank, epoch)[stream.worker::stream.nw])
+        for url in self.rank_urls:
+            if url in dead:
+                continue
+            for key, members in read_samples(url):
+                why = self._usable(url, key, members)
+                if why is None:
+                    return
+                if example is None:
+                    example = (url, key, members, why)
+            dead.add(url)
+        url, key, members, why = example
+        shards = ", ".join(self.rank_urls[:3]) + (f", ... ({len(self.rank_urls)} in all)"
+                                                   if len(self.rank_urls) > 3 else "")
+        raise DataError(
+            f"rank {self.rank}: no usable sample in a whole pass over its shards ({shards}) with "
+            f"bad_samples={self.policy!r}. E.g. shard {url}, sample key {key!r}: members "
+            f"{sorted(members)}, but the fields need {describe(self.fields)} ({why}). Declare fields "
+            f"the shards hold (e.g. fields={{'image': Image()}} for images without labels).")
+
+
+def _as_int(value) -> int | None:
+    """An int64 label from b"3", "3", 3 or 3.0; None for anything else (bool included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        value = int(value) if value.is_integer() else None
+    elif isinstance(value, (bytes, str)):
         try:
-            label = int(members["cls"])
-        except (KeyError, ValueError):
-            if self.policy == "strict":
-                raise DataError(f"{where}: missing or non-integer .cls label "
-                                f"({members.get('cls')!r:.40})") from None
+            value = int(value)
+        except ValueError:
             return None
-        if ext is None:
-            if self.policy == "strict":
-                raise DataError(f"{where}: no .jpg/.jpeg/.png image (members: {sorted(members)})")
-            return None
-        return members[ext], ext, where, label
+    elif not isinstance(value, int):
+        return None
+    return value if value is not None and _INT64[0] <= value <= _INT64[1] else None
 
 
 class RankStream:
@@ -264,12 +490,17 @@ class RankStream:
     counts: optional samples per url (aligned with urls, e.g. [s["count"] for s in
     manifest["shards"]]); it lets resume skip whole shards without opening them.
     position: a Batch.position from an earlier stream, to continue exactly after that batch.
+    fields: what to read from each sample, {name: Image() | Label() | Text()} (pipeline/data/
+    fields.py); None -> DEFAULT_FIELDS, an image and a required `.cls` label. Batch.fields holds
+    one entry per field. A sample lacking a required field is a bad sample (bad_samples policy);
+    if a whole pass over the rank's shards finds no usable sample, the stream raises DataError.
     """
 
     def __init__(self, urls, *, rank, world_size, batch_size, resolution, loader_workers, seed,
-                 shuffle_buffer=256, bad_samples="convert", position=None, counts=None):
+                 shuffle_buffer=256, bad_samples="convert", position=None, counts=None, fields=None):
         if bad_samples not in POLICIES:
             raise DataError(f"bad_samples={bad_samples!r}: use one of {POLICIES}")
+        fields = validate(fields)  # FieldError, a DataError, on a declaration that cannot work
         if not urls:
             raise DataError("no shards given")
         rank_urls = list(urls)[rank::world_size]
@@ -296,7 +527,8 @@ class RankStream:
         starts = [(w["base_epoch"], w["consumed"]) for w in self._workers]
         dataset = _ShardDataset(rank_urls, counts, rank=rank, nw=nw, seed=seed,
                                 shuffle_buffer=shuffle_buffer, batch_size=batch_size,
-                                resolution=resolution, policy=bad_samples, starts=starts, first=self._next)
+                                resolution=resolution, policy=bad_samples, starts=starts, first=self._next,
+                                fields=fields)
         loader = DataLoader(dataset, batch_size=None, num_workers=nw if loader_workers > 0 else 0)
         self._it = iter(loader)
 
@@ -307,7 +539,7 @@ class RankStream:
         if self._it is None:
             raise RuntimeError("RankStream is closed")
         try:
-            images, labels, state, skipped, converted, bad = next(self._it)
+            fields, state, skipped, converted, bad = next(self._it)
         except BaseException:
             self.close()  # a data error ends the stream; don't leave its workers running
             raise
@@ -315,7 +547,7 @@ class RankStream:
         self._workers[w] = state
         self._next = (w + 1) % self._meta["num_workers"]
         position = {**self._meta, "next": self._next, "workers": [dict(s) for s in self._workers]}
-        return Batch(images, labels, position, skipped, converted, list(bad))
+        return Batch(fields, position, skipped, converted, list(bad))
 
     def close(self):
         it, self._it = self._it, None
