@@ -18,6 +18,10 @@ def cmd_train(args) -> int:
     if args.dry_run:
         print(C.dump_yaml(cfg), end="")
         return 0
+    if args.local:
+        from jobs.train import run_local
+        run_local(cfg, args.local, device=args.device, resume_from=args.resume_from)
+        return 0
     from jobs.train import run_training
     s = run_training(cfg, resume_from=args.resume_from)
     _print_summary(s)
@@ -26,7 +30,7 @@ def cmd_train(args) -> int:
 
 def cmd_quickstart(args) -> int:
     args.config = "quickstart"
-    args.resume_from = None
+    args.resume_from = args.local = None
     return cmd_train(args)
 
 
@@ -78,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     t.add_argument("--resume-from", help="start from this checkpoint folder (weights, optimizers, step)")
+    t.add_argument("--local", metavar="DIR", help="run the engine in this process, without Ray or MLflow: "
+                                                   "metrics.jsonl, grids and checkpoints in DIR (rerun = resume)")
+    t.add_argument("--device", default="cpu", help="torch device for --local, e.g. cuda")
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("quickstart", help="build shapestack shards if missing and train the small preset")

@@ -61,9 +61,8 @@ def load_generator(target: str, ema: bool = True, tracking_uri: str | None = Non
     """Generator from a checkpoint folder (state.pt + meta.json), an MLflow run id whose artifacts
     hold checkpoint/, or a registered generator: models:/ or runs:/ URI, or a folder made by
     `ganforge pull` (through pipeline.tracking.registry, which checks its sha256)."""
-    import models
     from pipeline.engine import checkpoint
-    from pipeline import config as C
+    from pipeline.families import generator as GM
 
     if target.startswith(("models:/", "runs:/")) or (Path(target) / "ganforge_model.json").is_file():
         return _registered(target, ema, tracking_uri)
@@ -81,10 +80,8 @@ def load_generator(target: str, ema: bool = True, tracking_uri: str | None = Non
     else:
         raise FileNotFoundError(f"{target}: not a checkpoint folder, MLflow run id, generator "
                                 "folder or models:/ URI")
-    cfg = C.from_dict(state["config"])
-    G = models.build(cfg.model)["G"]
-    G.load_state_dict(state["G_ema" if ema else "G"])
-    return Target(G.eval().requires_grad_(False), cfg, run_id, int(state.get("step", 0)))
+    G = GM.from_state(state, ema=ema)
+    return Target(G, G.cfg, run_id, G.step)
 
 
 def _registered(target: str, ema: bool, tracking_uri: str | None) -> Target:
@@ -93,7 +90,7 @@ def _registered(target: str, ema: bool, tracking_uri: str | None) -> Target:
     from pipeline import config as C
 
     try:
-        from pipeline.tracking import generator_model as GM
+        from pipeline.families import generator as GM
         from pipeline.tracking.registry import fetched
     except ImportError:
         raise ValueError(f"{target}: registered models are not supported yet (no pipeline.tracking.registry); "

@@ -30,7 +30,7 @@ def _run(fn):
 
         from pipeline.engine.checkpoint import CheckpointError
         from pipeline.config import ConfigError
-        from pipeline.tracking.generator_model import GeneratorError
+        from pipeline.families.generator import GeneratorError
 
         try:
             return fn(args)
@@ -105,7 +105,18 @@ def cmd_sample(args) -> int:
     from pipeline.families import sampling
 
     G = registry.load_generator(args.source, device=args.device)
-    images = sampling.sample(G, args.n, args.seed, cls=args.cls, truncation=args.truncation)
+    fixed = {"cls": args.cls}
+    for kv in args.code or []:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise ValueError(f"--code {kv!r}: expected NAME=VALUE, e.g. cat0=3 or cont0=0.5")
+        try:
+            fixed[k.strip()] = float(v)
+        except ValueError:
+            raise ValueError(f"--code {kv!r}: {v!r} is not a number") from None
+    if args.cls is not None and not G.num_classes:
+        raise ValueError(f"--class: {args.cls} given but the generator is unconditional (drop --class)")
+    images = G.sample(args.n, args.seed, truncation=args.truncation, fixed=fixed)
     files = sampling.write_grid(images, args.out, individual=args.individual)
     extra = f" and {len(files) - 1} images in {Path(args.out).with_suffix('')}/" if args.individual else ""
     print(f"wrote {args.n} samples (seed {args.seed}) to {args.out}{extra}")
@@ -137,10 +148,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     u.set_defaults(func=cmd_pull)
 
     s = sub.add_parser("sample", help="write a PNG grid from a registered or pulled generator")
-    s.add_argument("source", help="models:/NAME@ALIAS (or /VERSION), runs:/... or a folder from `ganforge pull`")
+    s.add_argument("source", help="models:/NAME@ALIAS (or /VERSION), runs:/..., a folder from `ganforge pull` "
+                                  "or a training checkpoint folder")
     s.add_argument("--n", type=int, default=64, help="number of images")
     s.add_argument("--class", dest="cls", type=int, help="class label (conditional models; default cycles 0..C-1)")
     s.add_argument("--truncation", type=float, help="resample |z| above this (BigGAN trick), e.g. 0.7")
+    s.add_argument("--code", action="append", metavar="NAME=VALUE",
+                   help="fix one latent code for every image (InfoGAN: cat0=3, cont0=0.5); repeatable")
     s.add_argument("--seed", type=int, default=0, help="same seed, same images")
     s.add_argument("--out", required=True, help="grid PNG path")
     s.add_argument("--individual", action="store_true", help="also one PNG per image in a folder beside it")

@@ -136,6 +136,27 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSumma
                         model_uri=model_uri, seconds=time.time() - t0)
 
 
+def run_local(cfg: C.Config, out: str, device: str = "cpu", resume_from: str | None = None) -> dict:
+    """The same engine in this process through the local context (torch alone): no Ray, no
+    MLflow. Writes metrics.jsonl, samples/ and checkpoint_* under `out`; rerunning resumes."""
+    from pipeline.engine.context import checkpoints, train_local
+
+    urls, manifest, spec = _shards(cfg)
+    counts = [s["count"] for s in manifest["shards"]] if manifest else None
+    prepared = evaluation.prepare(cfg, urls, manifest, spec) if cfg.eval.every else None
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "resolved_config.yaml").write_text(C.dump_yaml(cfg))
+    t0 = time.time()
+    result, ctx = train_local(cfg, {"urls": urls, "counts": counts}, out, device=device,
+                              resume_from=resume_from, eval_prepared=prepared)
+    have = checkpoints(Path(out))
+    print(f"\nlocal run: {result['step']} steps in {time.time() - t0:.0f} s")
+    print(f"  metrics     : {Path(out).resolve() / 'metrics.jsonl'}")
+    print(f"  sample grid : {result['last_grid']}")
+    print(f"  checkpoint  : {have[-1] if have else '(none)'}")
+    return result
+
+
 def _register(ckpt_dir: str, cfg: C.Config, uri: str, run_id: str) -> str | None:
     """Register the EMA generator; a registry hiccup must not fail a finished training."""
     from pipeline.tracking import registry

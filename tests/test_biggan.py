@@ -11,8 +11,10 @@ import torch
 import models
 from models.biggan import G_MULT
 from models.layers import SelfAttention
-from pipeline.engine import regularizers, steps
-from pipeline.config import ConfigError, LossConfig, from_dict
+from pipeline import families
+from pipeline.engine import ema, regularizers
+from phases import d_step, g_step
+from pipeline.config import ConfigError, from_dict
 
 FAMILIES = ["biggan", "biggan_deep"]
 
@@ -128,13 +130,14 @@ def test_hinge_iteration_with_ema_through_pipeline_steps(name):
     n = _nets(name)
     G, D = n["G"], n["D"]
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    ph = steps.Phase(loss=LossConfig(kind="hinge"), z_dim=G.z_dim, conditional=True)
+    fam = families.get(name)(from_dict({"model": {"name": name, "resolution": 32, "num_classes": 10},
+                                        "data": {"resolution": 32}, "loss": {"kind": "hinge"}}))
     opt_g = torch.optim.Adam(G.parameters(), 1e-4, betas=(0.0, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), 4e-4, betas=(0.0, 0.999))
     real, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randint(0, 10, (4,))
-    stats = steps.d_step(G, D, opt_d, real, y, ph)
-    stats.update(steps.g_step(G, D, opt_g, 4, y, ph, "cpu"))
-    steps.ema_step(G_ema, G, 0.999)
+    stats = d_step(fam, n, opt_d, real, y)
+    stats.update(g_step(fam, n, opt_g, 4, y))
+    ema.update(G_ema, G, 0.999)
     assert all(torch.isfinite(v) for v in stats.values())
     assert G_ema(torch.randn(2, G.z_dim), y[:2]).shape == (2, 3, 32, 32)
 

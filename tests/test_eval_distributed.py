@@ -9,8 +9,9 @@ import uuid
 import pytest
 import torch
 
-import models
 from pipeline import config as C
+from pipeline import families
+from pipeline.families import generator as GM
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,8 @@ def prepared(smoke_shards, ganforge_home, tmp_path_factory):
     prep = evaluation.prepare(cfg, urls, manifest, str(smoke_shards))
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("evalG")
-    torch.save(models.build(cfg.model)["G"].state_dict(), d / "G.pt")
+    fam = families.of(cfg)
+    torch.save(GM.Generator(fam, {"G": fam.build()["G"]}, cfg).state_dict(), d / "G.pt")
     return cfg, prep, str(d / "G.pt")
 
 
@@ -50,8 +52,9 @@ def _score_in_process(prepared):
     from pipeline.evaluation.in_loop import InLoopEval
 
     cfg, prep, weights = prepared
-    G = models.build(cfg.model)["G"]
-    G.load_state_dict(torch.load(weights, weights_only=True))
+    fam = families.of(cfg)
+    G = GM.Generator(fam, {"G": fam.build()["G"]}, cfg)
+    G.load_flat(torch.load(weights, weights_only=True))
     ev = InLoopEval(cfg, prep, rank=0, world=1, device="cpu", gather=lambda obj: [obj])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)           # as a worker with <= 1 CPU runs: same kernels, same sums

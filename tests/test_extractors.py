@@ -195,17 +195,12 @@ def test_evaluate_run_id_logs_scores_and_protocol(checkpoint_and_shards, small_w
 def test_evaluate_registered_generator_folder(checkpoint_and_shards, small_weights, tmp_path, capsys):
     """A folder as `ganforge pull` writes it goes through pipeline.tracking.registry (sha256-checked)."""
     pytest.importorskip("pipeline.tracking.registry")
-    import models
     from jobs import eval_cli
-    from pipeline.engine import checkpoint
-    from pipeline import config as C
-    from pipeline.tracking import generator_model as GM
+    from pipeline.families import generator as GM
 
     ckpt, shards = checkpoint_and_shards
-    state = checkpoint.load(ckpt)
-    cfg = C.from_dict(state["config"])
-    G = models.build(cfg.model)["G"]
-    G.load_state_dict(state["G_ema"])
+    G = GM.from_checkpoint(ckpt)
+    cfg = G.cfg
     GM.write_folder(G, cfg, tmp_path / "gen", step=8)
     t = eval_cli.load_generator(str(tmp_path / "gen"))
     assert t.step == 8 and t.cfg == cfg and t.version is None

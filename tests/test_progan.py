@@ -1,6 +1,7 @@
 """ProGAN: the phase schedule, growing through resolutions with fade-in while training with the
 pipeline's WGAN-GP phase functions, and resuming in the middle of a fade-in."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -8,8 +9,10 @@ import torch
 import models
 from models.layers import MinibatchStdDev, pixel_norm
 from models.progan import progan_reals, progan_schedule
-from pipeline.engine import steps
-from pipeline.config import ConfigError, LossConfig, from_dict, load, to_dict
+from pipeline import families
+from pipeline.engine import ema
+from phases import d_step, g_step
+from pipeline.config import ConfigError, from_dict, load, to_dict
 
 
 def _cfg(**kw):
@@ -37,8 +40,10 @@ def test_grows_through_resolutions_with_fade_in_while_training():
     n = models.build(cfg)
     G, D = n["G"], n["D"]
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    ph = steps.Phase(loss=LossConfig(kind="wasserstein", gp_weight=10.0, drift_weight=1e-3),
-                     z_dim=G.z_dim, conditional=True)
+    fam = families.of(from_dict({"model": {"name": "progan", **dataclasses.asdict(cfg)},
+                                 "data": {"resolution": cfg.resolution},
+                                 "loss": {"kind": "wasserstein", "gp_weight": 10.0, "drift_weight": 1e-3}}))
+    nets = {"G": G, "D": D}
     opt_g = torch.optim.Adam(G.parameters(), 1e-3, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), 1e-3, betas=(0.0, 0.99))
     data = torch.rand(4, 3, 32, 32) * 2 - 1
@@ -51,9 +56,9 @@ def test_grows_through_resolutions_with_fade_in_while_training():
             for group in opt.param_groups:
                 group["lr"] = lr
         real, y = progan_reals(data[:batch], level, alpha), torch.randint(0, 3, (batch,))
-        stats = steps.d_step(G, D, opt_d, real, y, ph)
-        stats.update(steps.g_step(G, D, opt_g, batch, y, ph, "cpu"))
-        steps.ema_step(G_ema, G, 0.9)
+        stats = d_step(fam, nets, opt_d, real, y)
+        stats.update(g_step(fam, nets, opt_g, batch, y))
+        ema.update(G_ema, G, 0.9)
         assert all(torch.isfinite(v) for v in stats.values())
         fake = G_ema(torch.randn(2, G.z_dim), y[:2])
         assert fake.shape[-1] == real.shape[-1] == 4 * 2 ** level

@@ -1,4 +1,4 @@
-"""pipeline.engine.progressive: stage, learning rate, Adam reset and batch changes on one rank, and DDP
+"""ProGAN growth (pipeline.families.progan): stage, learning rate, Adam reset and batch changes on one rank, and DDP
 re-wrapping across stage changes on two gloo processes (params stay in sync, old wrappers die)."""
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import models
-from pipeline.engine import progressive, steps
+from pipeline import families
+from pipeline.families import progan as progressive
+from phases import d_step, g_step
 from pipeline.config import from_dict
 
 MODEL = {"name": "progan", "resolution": 16, "z_dim": 8, "channel_max": 8,
@@ -52,8 +54,8 @@ def test_growth_sets_stage_lr_and_resets_adam_on_layer_changes():
     assert grow.advance(24) == (True, True) and grow.batch_size == 2 # 16 px, batch 2
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert grow.reals(x).shape[-1] == 16 and not torch.equal(grow.reals(x), x)   # alpha 0: blurred
-    assert progressive.applies(cfg) and not progressive.applies(from_dict(
-        {"model": {"name": "dcgan", "resolution": 16}, "data": {"resolution": 16}}))
+    assert isinstance(families.of(cfg), progressive.ProGAN) and not isinstance(families.of(from_dict(
+        {"model": {"name": "dcgan", "resolution": 16}, "data": {"resolution": 16}})), progressive.ProGAN)
 
 
 def _worker(rank: int, world: int, port: int, q) -> None:
@@ -67,7 +69,7 @@ def _worker(rank: int, world: int, port: int, q) -> None:
     grow.advance(0)
     wrap = lambda m: DDP(m, broadcast_buffers=False)     # noqa: E731  the loop's prepare_model
     Gw, Dw = wrap(G), wrap(D)
-    ph = steps.Phase(loss=cfg.loss, z_dim=G.z_dim, conditional=False)
+    fam = families.of(cfg)
     torch.manual_seed(1 + rank)                           # different data and noise per rank
     seen, dead, rewraps = 0, [], 0
     while seen < 40:
@@ -78,8 +80,8 @@ def _worker(rank: int, world: int, port: int, q) -> None:
             rewraps += 1
         b = grow.batch_size
         real = grow.reals(torch.rand(b, 3, 16, 16) * 2 - 1)
-        steps.d_step(Gw, Dw, opts[1], real, None, ph)
-        steps.g_step(Gw, Dw, opts[0], b, None, ph, "cpu")
+        d_step(fam, {"G": Gw, "D": Dw}, opts[1], real)
+        g_step(fam, {"G": Gw, "D": Dw}, opts[0], b)
         seen += b * world
     flat = torch.cat([p.detach().flatten() for p in [*G.parameters(), *D.parameters()]])
     everyone = [torch.empty_like(flat) for _ in range(world)]

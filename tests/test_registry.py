@@ -25,9 +25,11 @@ import models
 from jobs import registry_cli
 from pipeline.engine import checkpoint
 from pipeline.tracking import registry, runs as tracking
+from pipeline import families
 from pipeline.families import sampling
+from pipeline.families.spec import ClassLabel, Latent
 from pipeline import config as C
-from pipeline.tracking import generator_model as GM
+from pipeline.families import generator as GM
 
 
 def make_checkpoint(out: Path, *overrides: str, seed: int = 0, step: int = 3) -> C.Config:
@@ -105,7 +107,7 @@ def test_register_run_tags_lineage(reg):
 
 def test_pyfunc_and_pytorch_flavors_load_with_standard_calls(reg, env_uri):
     G = registry.load_generator(reg.champion)
-    assert type(G).__name__ == "Generator" and not G.training
+    assert type(G.nets["G"]).__name__ == "Generator" and not G.nets["G"].training
     info = mlflow.models.get_model_info(reg.champion)
     assert info.signature.inputs.input_names() == ["n", "seed", "class", "truncation"]
     assert info.saved_input_example_info is not None and set(info.flavors) == {"python_function", "pytorch"}
@@ -113,15 +115,15 @@ def test_pyfunc_and_pytorch_flavors_load_with_standard_calls(reg, env_uri):
     pf = mlflow.pyfunc.load_model(reg.champion)
     out = pf.predict({"n": 5, "seed": 7})
     assert out.dtype == np.uint8 and out.shape == (5, 16, 16, 3)
-    assert np.array_equal(out, sampling.sample(G, 5, seed=7).permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(out, G.sample(5, seed=7).permute(0, 2, 3, 1).numpy())
     both = pf.predict(pd.DataFrame([{"n": 2, "seed": 1, "class": 4, "truncation": 0.5}, {"n": 3, "seed": 2}]))
     assert both.shape == (5, 16, 16, 3)
-    assert np.array_equal(both[:2], sampling.sample(G, 2, 1, cls=4, truncation=0.5).permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(both[:2], G.sample(2, 1, truncation=0.5, fixed={"cls": 4}).permute(0, 2, 3, 1).numpy())
 
     module = mlflow.pytorch.load_model(reg.champion)
-    z, y = torch.randn(3, G.z_dim), torch.tensor([0, 5, 9])
+    z, y = torch.randn(3, G.specs["z"].dim), torch.tensor([0, 5, 9])
     with torch.no_grad():
-        assert torch.allclose(module(z, y), G(z, y), atol=1e-5)
+        assert torch.allclose(module(z, y), G.nets["G"](z, y), atol=1e-5)
 
 
 def test_unconditional_default_name_and_class_rules(tmp_path, env_uri, cli):
@@ -139,41 +141,52 @@ def test_unconditional_default_name_and_class_rules(tmp_path, env_uri, cli):
 # ---------------------------------------------------------------- sampling
 
 def test_sampling_is_seeded_and_truncated():
-    z1, z2 = sampling.latents(64, 16, seed=3), sampling.latents(64, 16, seed=3)
-    assert torch.equal(z1, z2) and not torch.equal(z1, sampling.latents(64, 16, seed=4))
-    zt = sampling.latents(256, 16, seed=3, truncation=0.5)
+    specs = {"z": Latent(16), "cls": ClassLabel(10)}
+    z1, z2 = (sampling.inputs(specs, 0, 64, seed=3)["z"] for _ in range(2))
+    assert torch.equal(z1, z2) and not torch.equal(z1, sampling.inputs(specs, 0, 64, seed=4)["z"])
+    zt = sampling.inputs(specs, 0, 256, seed=3, truncation=0.5)["z"]
     assert zt.abs().max() <= 0.5 and zt.std() > 0.2          # resampled, not clamped
-    assert torch.equal(zt, sampling.latents(256, 16, seed=3, truncation=0.5))
-    assert sampling.labels(12, 10, None).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
-    assert sampling.labels(3, 10, 7).tolist() == [7, 7, 7]
-    with pytest.raises(ValueError, match="class: 10 not in"):
-        sampling.labels(3, 10, 10)
-    with pytest.raises(ValueError, match="unconditional"):
-        sampling.labels(3, 0, 1)
+    assert torch.equal(zt, sampling.inputs(specs, 0, 256, seed=3, truncation=0.5)["z"])
+    assert torch.equal(sampling.inputs(specs, 300, 400, seed=3)["z"], sampling.inputs(specs, 0, 400, seed=3)["z"][300:])
+    assert sampling.inputs(specs, 0, 12)["cls"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert sampling.inputs(specs, 0, 3, fixed={"cls": 7})["cls"].tolist() == [7, 7, 7]
+    with pytest.raises(ValueError, match=r"cls: 10 not an integer in \[0, 9\]"):
+        sampling.inputs(specs, 0, 3, fixed={"cls": 10})
+    with pytest.raises(ValueError, match="not an input of this generator"):
+        sampling.inputs({"z": Latent(4)}, 0, 3, fixed={"cls": 1})
     with pytest.raises(ValueError, match="truncation"):
-        sampling.latents(3, 16, 0, truncation=0.0)
-    G = models.build(C.load("smoke").model)["G"]
+        sampling.inputs(specs, 0, 3, truncation=0)
+    cfg = C.load("smoke")
+    fam = families.of(cfg)
+    gen = GM.Generator(fam, {"G": fam.build()["G"]}, cfg)
     torch.manual_seed(123)                     # the global RNG state must not matter
-    a = sampling.sample(G, 9, seed=5, truncation=0.7)
+    a = gen.sample(9, seed=5, truncation=0.7)
     torch.manual_seed(456)
-    assert a.dtype == torch.uint8 and torch.equal(a, sampling.sample(G, 9, seed=5, truncation=0.7, batch=4))
+    assert a.dtype == torch.uint8 and torch.equal(a, gen.sample(9, seed=5, truncation=0.7))
 
 
-@pytest.mark.parametrize("family", models.list_models())
+SMALL = {"biggan": {"ch": 8}, "biggan_deep": {"ch": 8}, "progan": {"channel_max": 16},
+         "infogan": {"num_classes": 0}}
+
+
+@pytest.mark.parametrize("family", families.names())
 def test_every_family_round_trips_through_a_generator_folder(family, tmp_path):
-    small = {"biggan": {"ch": 8}, "biggan_deep": {"ch": 8}, "progan": {"channel_max": 16}}.get(family, {})
-    cfg = C.from_dict({"model": {"name": family, "resolution": 32, "num_classes": 3, **small},
+    cfg = C.from_dict({"model": {"name": family, "resolution": 32, "num_classes": 3, **SMALL.get(family, {})},
                        "data": {"resolution": 32}})
-    G = models.build(cfg.model)["G"]
-    m = GM.write_folder(G, cfg, tmp_path, step=5)
-    assert m["family"] == family and m["resolution"] == 32 and m["num_classes"] == 3
+    fam = families.of(cfg)
+    built = fam.build()
+    gen = GM.Generator(fam, {n: built[n] for n in fam.sample_nets}, cfg)
+    m = GM.write_folder(gen, cfg, tmp_path, step=5)
+    assert m["family"] == family and m["resolution"] == 32 and m["num_classes"] == gen.num_classes
     G2 = GM.load_folder(tmp_path)
-    assert type(G2) is type(G) and not G2.training
-    assert torch.equal(sampling.sample(G2, 4, seed=1, cls=2), sampling.sample(G, 4, seed=1, cls=2))
+    assert type(G2.nets["G"]) is type(gen.nets["G"]) and not G2.nets["G"].training
+    fixed = {"cls": 2} if gen.num_classes else {}
+    assert torch.equal(G2.sample(4, seed=1, fixed=fixed), gen.sample(4, seed=1, fixed=fixed))
     GM.export_pt2(G2, tmp_path / "g.pt2")       # the `pytorch` flavor of every family
-    z, y = sampling.latents(3, G.z_dim, 0), torch.tensor([0, 1, 2])
+    x = sampling.inputs(G2.specs, 0, 3)
     with torch.no_grad():
-        assert torch.allclose(torch.export.load(str(tmp_path / "g.pt2")).module()(z, y), G2(z, y), atol=1e-4)
+        assert torch.allclose(torch.export.load(str(tmp_path / "g.pt2")).module()(*x.values()),
+                              fam.generate(G2.nets, x), atol=1e-4)
 
 
 # ---------------------------------------------------------------- pull, sample
@@ -316,10 +329,11 @@ class Payload:
 def test_pickle_payload_in_weights_is_refused_not_executed(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
     cfg = C.load("smoke")
-    G = models.build(cfg.model)["G"]
+    fam = families.of(cfg)
+    gen = GM.Generator(fam, {"G": fam.build()["G"]}, cfg)
     d = tmp_path / "evil"
-    GM.write_folder(G, cfg, d, step=1)
-    torch.save({**G.state_dict(), "x": Payload()}, d / "weights.pt")
+    GM.write_folder(gen, cfg, d, step=1)
+    torch.save({**gen.state_dict(), "x": Payload()}, d / "weights.pt")
     m = json.loads((d / "ganforge_model.json").read_text())
     m["files"]["weights.pt"] = checkpoint.sha256_file(d / "weights.pt")   # the attacker fixed the hash
     (d / "ganforge_model.json").write_text(json.dumps(m))

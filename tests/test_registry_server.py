@@ -85,10 +85,9 @@ def _user_flow(server: str, run_id: str, name: str, tmp: Path) -> None:
         "x = G(torch.zeros(2, 16), torch.tensor([0, 1]))\n"
         "assert x.shape == (2, 3, 16, 16) and x.abs().max() <= 1\n")
     _sh([sys.executable, "-c", code, "pyfunc.npy"], {**env, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}, shell)
-    from pipeline.tracking.generator_model import load_folder
-    from pipeline.families.sampling import sample
+    from pipeline.families.generator import load_folder
 
-    want = sample(load_folder(shell / "d"), 4, seed=3).permute(0, 2, 3, 1).numpy()
+    want = load_folder(shell / "d").sample(4, seed=3).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(np.load(shell / "pyfunc.npy"), want)
 
 

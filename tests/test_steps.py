@@ -1,31 +1,40 @@
+"""Phases of the direct GAN family on fixed batches: each lowers its own loss and moves only its
+own network; EMA; orthogonal regularization; lazy R1 as its own phase."""
 import copy
 
 import pytest
 import torch
 
-import models
-from pipeline.engine import steps
-from pipeline.config import LossConfig
+from pipeline.config import from_dict
+from pipeline.engine import ema
+from pipeline.engine.loop import build, run_phase
+from pipeline.families.spec import Ctx, Phase
+
+CPU = torch.device("cpu")
 
 
-def _nets(num_classes=10):
-    cfg = models.config_class("dcgan")(resolution=16, z_dim=8, g_channels=8, d_channels=8,
-                                       num_classes=num_classes, d_norm="none")
-    return models.build(cfg)
+def _setup(num_classes=10, **loss):
+    cfg = from_dict({"model": {"name": "dcgan", "resolution": 16, "z_dim": 8, "g_channels": 8,
+                               "d_channels": 8, "num_classes": num_classes, "d_norm": "none"},
+                     "data": {"resolution": 16}, "loss": loss})
+    fam, nets, emas, _ = build(cfg, CPU)
+    return fam, nets, emas
 
 
-@pytest.mark.parametrize("kind, gp, r1", [("hinge", 0, 0), ("wasserstein", 10, 0), ("nonsaturating", 0, 1)])
+def _run(fam, nets, name, opt, batch):
+    return run_phase(fam, Phase(name, name), nets, {name: opt}, batch, Ctx(step=1, device=CPU))
+
+
+@pytest.mark.parametrize("kind, gp, r1", [("hinge", 0, 0), ("wasserstein", 10, 0), ("nonsaturating", 0, 1),
+                                          ("least_squares", 0, 0)])
 def test_d_step_lowers_d_loss_on_fixed_batch(kind, gp, r1):
     torch.manual_seed(0)
-    n = _nets()
-    G, D = n["G"], n["D"]
-    ph = steps.Phase(loss=LossConfig(kind=kind, gp_weight=gp, r1_gamma=r1), z_dim=G.z_dim, conditional=True)
-    opt = torch.optim.Adam(D.parameters(), lr=1e-3)
-    real = torch.rand(16, 3, 16, 16) * 2 - 1
-    y = torch.randint(0, 10, (16,))
-    first = steps.d_step(G, D, opt, real, y, ph)
+    fam, nets, _ = _setup(kind=kind, gp_weight=gp, r1_gamma=r1)
+    opt = torch.optim.Adam(nets["D"].parameters(), lr=1e-3)
+    batch = {"image": torch.rand(16, 3, 16, 16) * 2 - 1, "cls": torch.randint(0, 10, (16,))}
+    first = _run(fam, nets, "D", opt, batch)
     for _ in range(15):
-        last = steps.d_step(G, D, opt, real, y, ph)
+        last = _run(fam, nets, "D", opt, batch)
     assert last["loss_d"] < first["loss_d"]
     assert last["d_real"] > last["d_fake"]
     assert ("gp" in last) == (gp > 0) and ("r1" in last) == (r1 > 0)
@@ -33,34 +42,49 @@ def test_d_step_lowers_d_loss_on_fixed_batch(kind, gp, r1):
 
 def test_g_step_moves_only_g_and_fools_d_more():
     torch.manual_seed(0)
-    n = _nets(0)
-    G, D = n["G"], n["D"]
-    ph = steps.Phase(loss=LossConfig(kind="nonsaturating"), z_dim=G.z_dim, conditional=False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=1e-3)
-    d_before = copy.deepcopy(D.state_dict())
-    first = steps.g_step(G, D, opt_g, 16, None, ph, "cpu")
+    fam, nets, _ = _setup(0, kind="nonsaturating")
+    opt_g = torch.optim.Adam(nets["G"].parameters(), lr=1e-3)
+    d_before = copy.deepcopy(nets["D"].state_dict())
+    batch = {"image": torch.zeros(16, 3, 16, 16)}
+    first = _run(fam, nets, "G", opt_g, batch)
     for _ in range(10):
-        last = steps.g_step(G, D, opt_g, 16, None, ph, "cpu")
+        last = _run(fam, nets, "G", opt_g, batch)
     assert last["loss_g"] < first["loss_g"]
-    assert all(torch.equal(v, D.state_dict()[k]) for k, v in d_before.items())
+    assert all(torch.equal(v, nets["D"].state_dict()[k]) for k, v in d_before.items())
 
 
 def test_ema_step():
-    G = _nets()["G"]
-    ema = copy.deepcopy(G)
+    _, nets, _ = _setup()
+    G = nets["G"]
+    avg = copy.deepcopy(G)
     with torch.no_grad():
         for p in G.parameters():
             p.add_(1.0)
-    steps.ema_step(ema, G, 0.75)
-    p_ema, p_g = next(ema.parameters()), next(G.parameters())
+    ema.update(avg, G, 0.75)
+    p_ema, p_g = next(avg.parameters()), next(G.parameters())
     assert torch.allclose(p_ema, 0.75 * (p_g - 1) + 0.25 * p_g)
-    steps.ema_step(ema, G, 0.0)
-    assert torch.equal(next(ema.parameters()), p_g)
+    ema.update(avg, G, 0.0)
+    assert torch.equal(next(avg.parameters()), p_g)
 
 
 def test_g_step_applies_orthogonal_regularization():
     torch.manual_seed(0)
-    G, D = _nets(0)["G"], _nets(0)["D"]
-    ph = steps.Phase(loss=LossConfig(kind="hinge", ortho_weight=1.0), z_dim=G.z_dim, conditional=False)
-    out = steps.g_step(G, D, torch.optim.SGD(G.parameters(), lr=0.0), 4, None, ph, "cpu")
+    fam, nets, _ = _setup(0, kind="hinge", ortho_weight=1.0)
+    out = _run(fam, nets, "G", torch.optim.SGD(nets["G"].parameters(), lr=0.0), {"image": torch.zeros(4, 3, 16, 16)})
     assert out["ortho"] > 0
+
+
+def test_lazy_r1_is_its_own_phase_with_corrected_optimizer():
+    fam, nets, _ = _setup(kind="hinge", r1_gamma=2.0, r1_every=4)
+    phases = {p.name: p for p in fam.phases()}
+    assert phases["Dreg"].every == 4 and phases["Dreg"].lazy and not phases["Dreg"].new_batch
+    assert [s for s in range(1, 13) if phases["Dreg"].due(s)] == [4, 8, 12]
+    opts = fam.optimizers(nets, CPU)
+    c = 4 / 5      # StyleGAN2: lr * c, beta ** c for an optimizer that also runs a lazy phase
+    assert opts["D"].param_groups[0]["lr"] == pytest.approx(fam.cfg.optim.d_lr * c)
+    assert opts["D"].param_groups[0]["betas"][1] == pytest.approx(0.999 ** c)
+    assert opts["G"].param_groups[0]["lr"] == pytest.approx(fam.cfg.optim.g_lr)
+    batch = {"image": torch.rand(8, 3, 16, 16) * 2 - 1, "cls": torch.randint(0, 10, (8,))}
+    d_stats = run_phase(fam, phases["D"], nets, opts, batch, Ctx(step=4, device=CPU))
+    reg = run_phase(fam, phases["Dreg"], nets, opts, batch, Ctx(step=4, device=CPU))
+    assert "r1" not in d_stats and reg["r1"] > 0       # R1 moved out of the D phase

@@ -94,7 +94,7 @@ def test_storage_path_normalizing():
 def test_best_checkpoint_goes_to_a_uri_through_pyarrow(tmp_path):
     # The object-store path of _keep_best, on a file:// URI: meta.json last, loadable, and the
     # next run reads the best score back through the same filesystem layer.
-    from pipeline.engine.train_loop import _best_so_far, _keep_best
+    from pipeline.engine.best import best_so_far as _best_so_far, keep_best as _keep_best
 
     run = (tmp_path / "run").as_uri()
     state = lambda: {"step": 7, "G": {}, "D": {}}  # noqa: E731

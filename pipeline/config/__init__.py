@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import yaml
 
-import models
 from pipeline.evaluation.metrics.protocol import EvalConfig
 
 
@@ -60,15 +59,21 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LossConfig:
-    kind: Literal["minimax", "nonsaturating", "hinge", "wasserstein"] = "nonsaturating"
+    # least_squares = LSGAN (Mao et al. 2017): D regresses reals to 1 and fakes to 0, G pulls
+    # fakes to 1 (the 0-1-1 coding), each term halved as in the paper.
+    kind: Literal["minimax", "nonsaturating", "hinge", "wasserstein", "least_squares"] = "nonsaturating"
     gp_weight: float = 0.0        # WGAN-GP gradient penalty weight (lambda); 0 disables
     r1_gamma: float = 0.0         # R1 penalty on real data (gamma); 0 disables
+    # Lazy R1 (StyleGAN2): a separate "Dreg" phase every N steps on the last real batch, its
+    # weight times N and D's lr/betas corrected by N / (N + 1); 1 = in every D step.
+    r1_every: int = 1
     drift_weight: float = 0.0     # ProGAN drift term eps * E[D(x)^2]; 0 disables
     ortho_weight: float = 0.0     # BigGAN orthogonal regularization of G (beta); 0 disables
 
     def __post_init__(self):
         for k in ("gp_weight", "r1_gamma", "drift_weight", "ortho_weight"):
             _check(getattr(self, k) >= 0, f"loss.{k}", "must be >= 0")
+        _check(self.r1_every >= 1, "loss.r1_every", "must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,9 +256,11 @@ def from_dict(d: dict) -> Config:
     _check(isinstance(d.get("model"), dict), "model", "missing section (needs at least model.name)")
     model = dict(d.pop("model"))
     name = model.pop("name", None)
-    _check(name in models.list_models(), "model.name",
-           f"unknown model {name!r} (known: {', '.join(models.list_models())})")
-    model_cfg = _build(models.config_class(name), model, "model")
+    from pipeline import families   # the families import their networks; config stays light
+
+    _check(name in families.names(), "model.name",
+           f"unknown model {name!r} (known: {', '.join(families.names())})")
+    model_cfg = _build(families.config_class(name), model, "model")
     hints = typing.get_type_hints(Config)
     for k in d:
         _check(k in hints and k != "model", k,
@@ -273,7 +280,9 @@ def _cross_check(cfg: Config) -> None:
 
 def to_dict(cfg: Config) -> dict:
     d = dataclasses.asdict(cfg)
-    d["model"] = {"name": models.family_of(cfg.model), **dataclasses.asdict(cfg.model)}
+    from pipeline import families
+
+    d["model"] = {"name": families.name_of(cfg.model), **dataclasses.asdict(cfg.model)}
     return _plain(d)
 
 

@@ -88,3 +88,36 @@ def set_rng_state(s: dict) -> None:
     random.setstate((p["version"], tuple(p["mt"]), p["gauss"]))
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# Training state by name: networks, their EMA copies, optimizers and the family's own state, so
+# any family's checkpoint has the same shape. Format 1 (before families) held one G/D pair.
+FORMAT = 2
+
+
+def pack(*, step: int, images_seen: int, nets: dict, emas: dict, opts: dict, family_state: dict,
+         data_positions, rng, config: dict) -> dict:
+    unwrap = lambda m: getattr(m, "module", m)  # noqa: E731
+    return {"format": FORMAT, "step": step, "images_seen": images_seen,
+            "nets": {k: unwrap(m).state_dict() for k, m in nets.items()},
+            "ema": {k: m.state_dict() for k, m in emas.items()},
+            "optim": {k: o.state_dict() for k, o in opts.items()},
+            "family": family_state, "data_positions": data_positions, "rng": rng, "config": config}
+
+
+def unpack(state: dict, where: str = "checkpoint") -> dict:
+    """A loaded state in the current format; format 1 (G, D, G_ema, opt_g, opt_d) converts."""
+    fmt = state.get("format", 1)
+    if fmt == FORMAT:
+        return state
+    old = {"G": "nets", "D": "nets", "G_ema": "ema", "opt_g": "optim", "opt_d": "optim"}
+    if fmt == 1 and set(old) & set(state):
+        out = {k: v for k, v in state.items() if k not in old}
+        out.update(format=FORMAT, nets={}, ema={}, optim={}, family={})
+        for k, section in old.items():
+            if k in state:
+                out[section][{"G_ema": "G", "opt_g": "G", "opt_d": "D"}.get(k, k)] = state[k]
+        return out
+    raise CheckpointError(f"{where}: checkpoint format {fmt!r} with keys {sorted(state)[:8]} is not one "
+                          f"this ganforge reads (format 1 or {FORMAT}); resume it with the ganforge "
+                          "version that wrote it, or start a new run")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-KINDS = ("minimax", "nonsaturating", "hinge", "wasserstein")
+KINDS = ("minimax", "nonsaturating", "hinge", "wasserstein", "least_squares")
 
 
 def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -17,6 +17,8 @@ def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
     if kind == "wasserstein":                          # Arjovsky et al. 2017 critic
         return fake.mean() - real.mean()
+    if kind == "least_squares":                        # LSGAN (Mao et al. 2017), a-b-c = 0-1-1
+        return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake ** 2).mean()
     raise ValueError(f"loss.kind: unknown {kind!r} (known: {', '.join(KINDS)})")
 
 
@@ -27,4 +29,6 @@ def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
         return F.softplus(-fake).mean()
     if kind in ("hinge", "wasserstein"):
         return -fake.mean()
+    if kind == "least_squares":
+        return 0.5 * ((fake - 1) ** 2).mean()
     raise ValueError(f"loss.kind: unknown {kind!r} (known: {', '.join(KINDS)})")

@@ -73,8 +73,8 @@ class InLoopEval:
         return bool(self.cfg.eval.every) and (step % self.cfg.eval.every == 0 or last)
 
     def score(self, G) -> dict:
-        """This rank's share of cfg.eval.n_fake samples from G, scored: {metric: {key: value}}
-        on rank 0 (every rank must call it)."""
+        """This rank's share of cfg.eval.n_fake samples from G (a Generator), scored: {metric:
+        {key: value}} on rank 0 (every rank must call it)."""
         from pipeline.evaluation.metrics import collect
 
         results, _ = collect.evaluate(G, list(self.cfg.eval.metrics), extractor=self.ex, ref=self.ref,
@@ -82,17 +82,19 @@ class InLoopEval:
                                       world=self.world, gather=self.gather)
         return results
 
-    def run(self, G_ema, step: int, client=None, run_id: str | None = None) -> dict[str, float]:
-        from pipeline.evaluation.metrics.protocol import Protocol, log_scores
+    def run(self, family, nets, step: int, tracker=None) -> dict[str, float]:
+        """Score `family.generate` over `nets`; rank 0 logs through `tracker.scores` (MLflow under
+        Ray Train, files in the local context) and returns the logged keys."""
+        from pipeline.evaluation.metrics.protocol import Protocol
+        from pipeline.families.generator import Generator
 
         e = self.cfg.eval
-        results = self.score(G_ema)
+        results = self.score(Generator.view(family, nets))
         if self.rank != 0:
             return {}
         protocol = Protocol.of(self.ex, self.ref, n_fake=e.n_fake, truncation=e.truncation,
                                ema=e.ema, seed=e.seed)
-        return log_scores(client, run_id, results, protocol, step=step,
-                          ref_path=self.ref.path if self.ref else None)
+        return tracker.scores(results, protocol, step=step, ref_path=self.ref.path if self.ref else None)
 
 
 def eval_loop_per_worker(loop: dict) -> dict | None:
@@ -103,13 +105,16 @@ def eval_loop_per_worker(loop: dict) -> dict | None:
     import torch
     import torch.distributed as dist
 
-    import models
+    from pipeline import families
+    from pipeline.families.generator import Generator
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = C.from_dict(loop["config"])
-    G = models.build(cfg.model)["G"]
-    G.load_state_dict(torch.load(loop["g_state"], weights_only=True))
+    fam = families.of(cfg)
+    built = fam.build()
+    G = Generator(fam, {n: built[n] for n in fam.sample_nets}, cfg)
+    G.load_flat(torch.load(loop["g_state"], weights_only=True))
 
     def gather(obj):
         out = [None] * world

@@ -1,40 +1,103 @@
-"""Seeded sampling from a generator, BigGAN truncation, and PNG grids.
+"""The one seeded input sampler, and images from a family's generate.
 
-Latents and labels are drawn on the CPU from a private torch.Generator, then moved: the same
-seed gives the same images on every machine and device, and the global RNG is left alone.
+Sample i's inputs are a pure function of (seed, i): noise is drawn per fixed block of BLOCK
+indices from a generator seeded with (seed, block[, input]), classes and categorical codes are
+i % k unless fixed. Networks run on chunks aligned to multiples of CHUNK in the global index.
+So training grids, in-loop and offline evaluation (1 rank or N, each its slice), `ganforge
+sample` from a folder or a registry URI, the pyfunc model and the pt2 export see the same images
+for the same seed.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn as nn
+
+from pipeline.families.spec import Categorical, ClassLabel, Input, Latent, Uniform
+
+BLOCK = 256
+CHUNK = 64
 
 
-def latents(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
-    """n x z_dim standard normal latents; with `truncation`, entries with |z| > truncation are
-    redrawn until none remain (the truncation trick of Brock et al. 2019, BigGAN)."""
+def _block_rng(seed: int, block: int, stream: int) -> np.random.Generator:
+    # Stream 0 (the first input, usually z) keeps the (seed, block) seeding evaluation always used.
+    return np.random.default_rng([seed, block] if stream == 0 else [seed, block, stream])
+
+
+def _noise(start: int, stop: int, dim: int, seed: int, stream: int, draw, truncation=None):
+    out = []
+    for b in range(start // BLOCK, (stop - 1) // BLOCK + 1 if stop > start else start // BLOCK):
+        rng = _block_rng(seed, b, stream)
+        z = draw(rng, (BLOCK, dim))
+        if truncation is not None:
+            while (bad := np.abs(z) > truncation).any():
+                z[bad] = draw(rng, (int(bad.sum()),))
+        lo, hi = max(start, b * BLOCK) - b * BLOCK, min(stop, (b + 1) * BLOCK) - b * BLOCK
+        out.append(z[lo:hi])
+    return torch.from_numpy(np.concatenate(out) if out else np.zeros((0, dim))).float()
+
+
+def check_fixed(specs: dict[str, Input], fixed: dict | None) -> dict:
+    """Validate user-fixed inputs ({"cls": 3, "cat0": 2, "cont0": 0.5}); errors name the input."""
+    out = {}
+    for name, value in (fixed or {}).items():
+        if value is None:
+            continue
+        if name not in specs:
+            known = ", ".join(n for n, s in specs.items() if not isinstance(s, Latent)) or "none"
+            raise ValueError(f"{name}: not an input of this generator (fixable inputs: {known})")
+        s = specs[name]
+        if isinstance(s, (ClassLabel, Categorical)):
+            k = s.num_classes if isinstance(s, ClassLabel) else s.k
+            if float(value) != int(value) or not 0 <= int(value) < k:
+                raise ValueError(f"{name}: {value} not an integer in [0, {k - 1}] for this generator")
+            out[name] = int(value)
+        elif isinstance(s, Uniform):
+            if not -1 <= float(value) <= 1:
+                raise ValueError(f"{name}: {value} not in [-1, 1]")
+            out[name] = float(value)
+        else:
+            raise ValueError(f"{name}: noise cannot be fixed (use --seed)")
+    return out
+
+
+def inputs(specs: dict[str, Input], start: int, stop: int, *, seed: int = 0,
+           truncation: float | None = None, fixed: dict | None = None) -> dict[str, torch.Tensor]:
+    """Inputs of samples [start, stop) on the CPU: float [n, dim] noise/codes, int64 [n] indices."""
     if truncation is not None and not truncation > 0:
         raise ValueError(f"truncation: {truncation} must be > 0 (or None for no truncation)")
-    g = torch.Generator().manual_seed(int(seed))
-    z = torch.randn(n, z_dim, generator=g)
-    if truncation is not None:
-        while (bad := z.abs() > truncation).any():
-            z[bad] = torch.randn(int(bad.sum()), generator=g)
-    return z
+    fixed = check_fixed(specs, fixed)
+    n, out = stop - start, {}
+    for stream, (name, s) in enumerate(specs.items()):
+        if isinstance(s, Latent):
+            out[name] = _noise(start, stop, s.dim, seed, stream, lambda r, sh: r.standard_normal(sh),
+                               truncation)
+        elif isinstance(s, (ClassLabel, Categorical)):
+            k = s.num_classes if isinstance(s, ClassLabel) else s.k
+            out[name] = (torch.full((n,), fixed[name], dtype=torch.long) if name in fixed
+                         else torch.arange(start, stop) % k)
+        elif isinstance(s, Uniform):
+            out[name] = (torch.full((n, s.dim), fixed[name]) if name in fixed else
+                         _noise(start, stop, s.dim, seed, stream, lambda r, sh: r.uniform(-1, 1, sh)))
+        else:
+            raise TypeError(f"{name}: unknown input {s!r}")
+    return out
 
 
-def labels(n: int, num_classes: int, cls: int | None) -> torch.Tensor | None:
-    """Labels for a conditional G: all `cls`, or 0..C-1 cycled. None for unconditional G."""
-    if not num_classes:
-        if cls is not None:
-            raise ValueError(f"class: {cls} given but the generator is unconditional (drop --class)")
-        return None
-    if cls is None:
-        return torch.arange(n) % num_classes
-    if not 0 <= cls < num_classes:
-        raise ValueError(f"class: {cls} not in [0, {num_classes - 1}] for this generator")
-    return torch.full((n,), int(cls), dtype=torch.long)
+def draw(specs: dict[str, Input], n: int, device) -> dict[str, torch.Tensor]:
+    """Training-time inputs from the global torch RNG (checkpointed with the rank's RNG state)."""
+    out = {}
+    for name, s in specs.items():
+        if isinstance(s, Latent):
+            out[name] = torch.randn(n, s.dim, device=device)
+        elif isinstance(s, ClassLabel):
+            out[name] = torch.randint(0, s.num_classes, (n,), device=device)
+        elif isinstance(s, Categorical):
+            out[name] = torch.randint(0, s.k, (n,), device=device)
+        elif isinstance(s, Uniform):
+            out[name] = torch.rand(n, s.dim, device=device) * 2 - 1
+    return out
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -43,24 +106,38 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(G: nn.Module, n: int, seed: int, cls: int | None = None,
-           truncation: float | None = None, batch: int = 256) -> torch.Tensor:
-    """n images from G as uint8 N x 3 x H x W on the CPU; same arguments -> same images."""
+def images(family, nets, start: int, stop: int, *, seed: int = 0, truncation: float | None = None,
+           fixed: dict | None = None, device=None) -> torch.Tensor:
+    """float [-1, 1] images of samples [start, stop) from `family.generate(nets, ...)`, generated
+    in CHUNK-aligned chunks on the nets' device (eval mode, restored after)."""
+    if stop <= start:
+        raise ValueError(f"n: {stop - start} must be >= 1")
+    specs = family.inputs()
+    modules = list(nets.values())
+    device = device or next(modules[0].parameters()).device
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        out, lo = [], start
+        while lo < stop:
+            hi = min(stop, (lo // CHUNK + 1) * CHUNK)
+            x = {k: v.to(device) for k, v in inputs(specs, lo, hi, seed=seed, truncation=truncation,
+                                                     fixed=fixed).items()}
+            out.append(family.generate(nets, x).float())
+            lo = hi
+    finally:
+        for m, t in zip(modules, modes):
+            m.train(t)
+    return torch.cat(out)
+
+
+def sample(family, nets, n: int, seed: int = 0, truncation: float | None = None,
+           fixed: dict | None = None) -> torch.Tensor:
+    """n images as uint8 N x 3 x H x W on the CPU; same arguments -> same bytes."""
     if n < 1:
         raise ValueError(f"n: {n} must be >= 1")
-    z = latents(n, G.z_dim, seed, truncation)
-    y = labels(n, getattr(G, "num_classes", 0), cls)
-    device = next(G.parameters()).device
-    was_training = G.training
-    G.eval()
-    try:
-        out = []
-        for i in range(0, n, batch):   # bounded memory for large n
-            yb = None if y is None else y[i:i + batch].to(device)
-            out.append(to_uint8(G(z[i:i + batch].to(device), yb)).cpu())
-    finally:
-        G.train(was_training)
-    return torch.cat(out)
+    return to_uint8(images(family, nets, 0, n, seed=seed, truncation=truncation, fixed=fixed)).cpu()
 
 
 def write_grid(images: torch.Tensor, out: str | Path, individual: bool = False,

@@ -3,7 +3,8 @@ logged model and runs it on load, so no pickled Python object is stored or unpic
 the ganforge package importable (the network classes live in `models`).
 
 `mlflow.pyfunc.load_model(uri).predict(...)` takes a table or dict with columns n, seed and
-optional class, truncation (one request per row) and returns uint8 images N x H x W x 3.
+optional class, truncation and the family's codes (InfoGAN: cat0, cont0, ...), one request per
+row, and returns uint8 images N x H x W x 3: the same bytes as `ganforge sample` for the seed.
 """
 from __future__ import annotations
 
@@ -32,21 +33,25 @@ def _rows(model_input) -> list[dict]:
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from pipeline.tracking.generator_model import load_folder
+        from pipeline.families.generator import load_folder
 
         # All artifacts sit in one folder; the manifest in it checks every file's sha256.
         self.G = load_folder(Path(context.artifacts["manifest"]).parent)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        from pipeline.families.sampling import sample
-
         out = []
+        fixable = [k for k in self.G.specs if k != "z"]
         for r in _rows(model_input):
-            cls, trunc = _opt(r.get("class")), _opt(r.get("truncation"))
-            if cls is not None and float(cls) != int(cls):
-                raise ValueError(f"class: {cls} is not a whole number")
-            imgs = sample(self.G, int(r.get("n", 1)), int(_opt(r.get("seed")) or 0),
-                          None if cls is None else int(cls), None if trunc is None else float(trunc))
+            trunc = _opt(r.get("truncation"))
+            fixed = {"cls" if k == "class" else k: _opt(v) for k, v in r.items()
+                     if k not in ("n", "seed", "truncation")}
+            unknown = [k for k, v in fixed.items() if v is not None and k not in fixable]
+            if "cls" in unknown:
+                raise ValueError(f"class: {fixed['cls']} given but the generator is unconditional")
+            if unknown:
+                raise ValueError(f"{unknown[0]}: not an input of this generator (inputs: {', '.join(fixable) or 'none'})")
+            imgs = self.G.sample(int(r.get("n", 1)), int(_opt(r.get("seed")) or 0),
+                                 None if trunc is None else float(trunc), fixed)
             out.append(imgs.permute(0, 2, 3, 1).numpy())
         return np.concatenate(out)
 

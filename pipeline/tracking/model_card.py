@@ -11,7 +11,7 @@ def render_card(m: dict, mv=None, source: str = "", folder: Path | None = None) 
     title = f"{mv.name} v{mv.version}" if mv is not None else f"{m['family']} generator"
     cls = f"{m['num_classes']} classes" if m["num_classes"] else "unconditional"
     lines = [f"# {title}", "",
-             f"A ganforge **{m['family']}** generator: {m['resolution']} px RGB, z_dim {m['z_dim']}, "
+             f"A ganforge **{m['family']}** generator: {m['resolution']} px RGB, inputs {', '.join(m.get('inputs') or ['z'])}, "
              f"{cls}, EMA weights after {m['step']} training steps.", ""]
     if mv is not None:
         created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(mv.creation_timestamp / 1000))
@@ -34,12 +34,11 @@ def render_card(m: dict, mv=None, source: str = "", folder: Path | None = None) 
     lines += ["", "## Sampling", "", "```",
               f"ganforge sample {where} --n 64 --seed 0{cls_flag} --truncation 0.7 --out grid.png", "```", "",
               "In Python (the same seed gives the same images):", "", "```python",
-              "from pipeline.tracking.generator_model import load_folder",
-              "from pipeline.families.sampling import sample",
+              "from pipeline.families.generator import load_folder",
               f"G = load_folder({str(where)!r})",
-              "images = sample(G, n=16, seed=0)   # uint8, N x 3 x H x W", "```", "",
+              "images = G.sample(16, seed=0)   # uint8, N x 3 x H x W", "```", "",
               "## Files", "",
-              "- `weights.pt`: EMA generator state dict (load with `torch.load(..., weights_only=True)`)",
+              "- `weights.pt`: the sample networks' EMA weights, one flat state dict (load with `torch.load(..., weights_only=True)`)",
               "- `config.yaml`: the resolved training config; its `model` section rebuilds the network",
               "- `ganforge_model.json`: family, config hash and the sha256 of each file (checked on load)",
               ""]

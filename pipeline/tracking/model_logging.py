@@ -2,7 +2,7 @@
 - `python_function`: "models from code" (generator_pyfunc.py, copied into the model and run on
   load) over the generator folder's state dict + config + sha256 manifest.
 - `pytorch`: the same network through torch.export (pt2), so `mlflow.pytorch.load_model`
-  returns a module G(z[, y]) -> images in [-1, 1]. MLflow 3.17 offers "pickle" (unpickles a
+  returns a module taking the family's inputs in order (e.g. z[, y]) -> images in [-1, 1]. MLflow 3.17 offers "pickle" (unpickles a
   whole module) or "pt2"; with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false it checks that a pt2
   archive holds only tensors and primitives before loading it. `mlflow.pytorch.log_model` would
   also claim the pyfunc flavor for raw tensors, so the pt2 file is added here by hand.
@@ -18,13 +18,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from pipeline import config as C
-from pipeline.tracking import generator_model as GM
+from pipeline.families import generator as GM
 from pipeline.engine.checkpoint import sha256_file
 
 CODE = Path(__file__).with_name("generator_pyfunc.py")
@@ -43,23 +42,33 @@ def _flavors(pt2: Path):
     return types.SimpleNamespace(__name__="mlflow.pyfunc", save_model=save_model)
 
 
+def code_columns(m: dict) -> list[str]:
+    """Fixable inputs besides the class (InfoGAN's codes): one optional column each."""
+    return [k for k, v in (m.get("inputs") or {}).items()
+            if v["kind"] in ("Categorical", "Uniform")]
+
+
 def signature_and_example(m: dict) -> tuple[ModelSignature, pd.DataFrame]:
     # class is a double because pandas stores an int column with gaps as floats (NaN = none given).
+    codes = code_columns(m)
     inputs = Schema([ColSpec("long", "n"), ColSpec("long", "seed"),
-                     ColSpec("double", "class", required=False), ColSpec("double", "truncation", required=False)])
+                     ColSpec("double", "class", required=False), ColSpec("double", "truncation", required=False)]
+                    + [ColSpec("double", c, required=False) for c in codes])
     r = m["resolution"]
     outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, r, r, 3))])
-    example = {"n": 2, "seed": 0, **({"class": 0.0} if m["num_classes"] else {}), "truncation": 1.0}
+    example = {"n": 2, "seed": 0, **({"class": 0.0} if m["num_classes"] else {}), "truncation": 1.0,
+               **{c: 0.0 for c in codes}}
     return ModelSignature(inputs, outputs), pd.DataFrame([example])
 
 
-def log_generator(client: MlflowClient, G: nn.Module, cfg: C.Config, *, step: int, run_id: str) -> tuple[str, dict]:
-    """Log G into run `run_id` (MLflow's global tracking URI must be the client's).
+def log_generator(client: MlflowClient, gen: GM.Generator, cfg: C.Config, *, step: int,
+                  run_id: str) -> tuple[str, dict]:
+    """Log the generator into run `run_id` (MLflow's global tracking URI must be the client's).
     Returns the model URI and the generator manifest."""
     with tempfile.TemporaryDirectory() as td:
         pt2, folder = Path(td, GM.PT2), Path(td, "generator")
-        GM.export_pt2(G, pt2)
-        m = GM.write_folder(G, cfg, folder, step=step, extra={"pt2_sha256": sha256_file(pt2)})
+        GM.export_pt2(gen, pt2)
+        m = GM.write_folder(gen, cfg, folder, step=step, extra={"pt2_sha256": sha256_file(pt2)})
         sig, example = signature_and_example(m)
         # Created here so it lands in the run's experiment: Model.log alone files a model
         # logged into a non-active run under the default experiment (and ./mlruns).

@@ -3,7 +3,7 @@
 `models:/NAME@ALIAS` is the one handle. A version is the EMA generator of one run, logged into
 that run as an MLflow model (pyfunc from code + torch.export pt2; see model_logging.py), with its
 lineage in version tags (ganforge.*, eval.*), so `ganforge models` needs no downloads. Loading
-goes through generator_model.load_folder: sha256 checks, then weights_only=True.
+goes through pipeline.families.generator.load_folder: sha256 checks, then weights_only=True.
 """
 from __future__ import annotations
 
@@ -16,18 +16,16 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import torch
 import yaml
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-import models
+from pipeline import families
 from pipeline.engine import checkpoint
 from pipeline.tracking import runs as tracking
-from pipeline import config as C
-from pipeline.tracking import generator_model as GM
+from pipeline.families import generator as GM
 from pipeline.tracking.model_card import render_card
 from pipeline.tracking.model_logging import log_generator
 
@@ -117,15 +115,13 @@ def register_checkpoint(ckpt_dir: str | Path, *, tracking_uri: str | None = None
     """Log the checkpoint's EMA generator into run `run_id` and register it as a new version of
     `name` (default ganforge-FAMILY). `lineage` adds tags; None reads them from the run."""
     state = checkpoint.load(ckpt_dir)
-    if "G_ema" not in state or "config" not in state:
-        raise RegistryError(f"{ckpt_dir}: checkpoint has no G_ema/config; it was not written by ganforge training")
-    cfg = C.from_dict(state["config"])
-    G = models.build(cfg.model)["G"]
-    G.load_state_dict(state["G_ema"])
-    G.eval()
-    name = name or f"ganforge-{models.family_of(cfg.model)}"
+    if "config" not in state:
+        raise RegistryError(f"{ckpt_dir}: checkpoint has no config; it was not written by ganforge training")
+    gen = GM.from_state(state)          # the family's sample networks, EMA copies where kept
+    cfg = gen.cfg
+    name = name or f"ganforge-{families.name_of(cfg.model)}"
     with session(tracking_uri) as client:
-        model_uri, m = log_generator(client, G, cfg, step=state.get("step", 0), run_id=run_id)
+        model_uri, m = log_generator(client, gen, cfg, step=gen.step, run_id=run_id)
         tags = {"ganforge.family": m["family"], "ganforge.config_hash": m["config_hash"],
                 "ganforge.version": m["ganforge_version"], "ganforge.step": str(m["step"]),
                 "ganforge.weights_sha256": m["files"][GM.WEIGHTS], "ganforge.resolution": str(m["resolution"]),
@@ -274,9 +270,11 @@ def fetched(source: str | Path, tracking_uri: str | None = None, into: Path | No
         yield folder, mv
 
 
-def load_generator(source: str | Path, device: str = "cpu", tracking_uri: str | None = None) -> torch.nn.Module:
-    """The generator (its own nn.Module class, eval mode) from a models:/ or runs:/ URI or a
-    pulled folder, sha256-checked and loaded with weights_only=True."""
+def load_generator(source: str | Path, device: str = "cpu", tracking_uri: str | None = None) -> GM.Generator:
+    """The one loader: a Generator from a models:/ or runs:/ URI, a pulled generator folder or a
+    training checkpoint folder, sha256-checked and loaded with weights_only=True."""
+    if Path(source).is_dir() and (Path(source) / checkpoint.META).is_file():
+        return GM.from_checkpoint(source, device)
     with fetched(source, tracking_uri) as (folder, _):
         return GM.load_folder(folder, device, what=str(source))
 

@@ -15,27 +15,12 @@ import torch
 
 from pipeline.evaluation.metrics.features import Partial
 
-BLOCK = 256
 
 
 def latents(start: int, stop: int, z_dim: int, *, seed: int = 0, truncation: float | None = None) -> torch.Tensor:
-    """float32 [stop - start, z_dim]; with truncation t, entries beyond |t| are redrawn
-    (the truncated normal of BigGAN)."""
-    out = []
-    for b in range(start // BLOCK, (stop - 1) // BLOCK + 1 if stop > start else start // BLOCK):
-        rng = np.random.default_rng([seed, b])
-        z = rng.standard_normal((BLOCK, z_dim))
-        if truncation is not None:
-            while (bad := np.abs(z) > truncation).any():
-                z[bad] = rng.standard_normal(int(bad.sum()))
-        lo, hi = max(start, b * BLOCK) - b * BLOCK, min(stop, (b + 1) * BLOCK) - b * BLOCK
-        out.append(z[lo:hi])
-    return torch.from_numpy(np.concatenate(out) if out else np.zeros((0, z_dim))).float()
-
-
-def class_labels(start: int, stop: int, num_classes: int) -> torch.Tensor | None:
-    """Balanced classes i % num_classes; None for an unconditional model."""
-    return torch.arange(start, stop) % num_classes if num_classes else None
+    """float32 [stop - start, z_dim]: the one sampler's noise (pipeline.families.sampling)."""
+    from pipeline.families.sampling import Latent, inputs
+    return inputs({"z": Latent(z_dim)}, start, stop, seed=seed, truncation=truncation)["z"]
 
 
 def _have(labels) -> set[str]:
@@ -55,25 +40,22 @@ def _batches(start: int, stop: int, batch_size: int):
 def fake_partial(G, extractor, start: int, stop: int, *, keep: set[str], seed: int = 0,
                  batch_size: int = 64, truncation: float | None = None,
                  oracle: Callable | None = None) -> Partial:
-    """Generate samples [start, stop) with G(z, y); feature stats always (given an extractor),
-    and the per-sample arrays in `keep` (metrics.fake_keep(names)).
+    """Generate samples [start, stop) through the one sampler (pipeline.families.sampling); feature
+    stats always (given an extractor), and the per-sample arrays in `keep` (metrics.fake_keep).
 
-    G runs in eval mode (restored after) on its own device; extractor may be None when only
-    oracle metrics are asked; oracle maps float [-1, 1] images to glyphs [B, 3].
+    G: a families.generator.Generator, or a bare G(z[, y]) module. It runs in eval mode on its
+    own device; extractor may be None when only oracle metrics are asked; oracle maps float
+    [-1, 1] images to glyphs [B, 3]. `labels` are the classes asked for, where G takes one, or
+    else its first categorical code (InfoGAN), for the metrics that compare them to the oracle.
     """
-    device = next(G.parameters()).device
-    was_training = G.training
-    G.eval()
-    num_classes = getattr(G, "num_classes", 0)
+    from pipeline.families.generator import as_generator
+
+    gen = as_generator(G)
     part = Partial(start=start)
-    try:
-        for lo, hi in _batches(start, stop, batch_size):
-            z = latents(lo, hi, G.z_dim, seed=seed, truncation=truncation).to(device)
-            y = class_labels(lo, hi, num_classes)
-            images = G(z, None if y is None else y.to(device)).float().clamp(-1, 1)
-            _add(part, images, extractor, keep & _have(y), y, oracle)
-    finally:
-        G.train(was_training)
+    for lo, hi in _batches(start, stop, batch_size):
+        images, inputs = gen.batch(lo, hi, seed=seed, truncation=truncation)
+        y = gen.labels(inputs)
+        _add(part, images.float().clamp(-1, 1), extractor, keep & _have(y), y, oracle)
     return part.flush()
 
 

@@ -133,7 +133,7 @@ def shard_batches(urls: list[str], resolution: int, *, batch_size: int = 64, sta
             index += 1
             if index <= start:
                 continue
-            ext = next((e for e in ("png", "jpg", "jpeg") if e in members), None)
+            ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in members), None)
             if ext is None or "cls" not in members:
                 continue
             img, _ = decode(members[ext], ext, resolution, "convert", f"{url}#{key}")

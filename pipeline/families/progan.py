@@ -1,10 +1,11 @@
-"""ProGAN's progressive growing, driven from the training loop.
+"""ProGAN: the direct GAN's losses on progressively grown networks.
 
 The stage is a pure function of `images_seen` (real images shown to D, summed over all workers;
 `models.progan.progan_schedule`), so it needs no state of its own: a checkpoint that records
-images_seen resumes in the same level and at the same alpha. Every step `advance` sets the stage
-on G, D and G_ema and the phase's learning rate; it tells the loop when the trained parameter set
-changed (re-wrap DDP) and when the per-worker batch changed (re-open the data stream).
+images_seen resumes in the same level and at the same alpha. Before every step the engine calls
+`on_progress`, whose `Growth.advance` sets the stage on G, D and G_ema and the learning rates; it
+tells the engine when the trained parameter set changed (re-wrap DDP) and when the per-worker
+batch changed (re-open the data stream).
 
 Why re-wrap DDP instead of find_unused_parameters: DDP fixes its parameter set when it is built,
 and the set changes only twice per level (the fade-in starts, the fade-in ends). Re-wrapping then
@@ -19,10 +20,9 @@ from typing import Sequence
 import torch
 
 from models.progan import ProGANConfig, Stage, progan_reals, progan_schedule
-
-
-def applies(cfg) -> bool:
-    return isinstance(cfg.model, ProGANConfig)
+from pipeline.families import register
+from pipeline.families.gan import DirectGAN
+from pipeline.families.spec import Change
 
 
 class Growth:
@@ -65,3 +65,30 @@ class Growth:
     def metrics(self) -> dict[str, float]:
         s = self.stage
         return {"level": s.level, "alpha": s.alpha, "resolution": s.resolution}
+
+
+@register("progan", ProGANConfig)
+class ProGAN(DirectGAN):
+    """Progressive growing from 4x4 with fade-in; reals downsampled to the stage on the fly."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.growth: Growth | None = None
+
+    def on_progress(self, images_seen, nets, emas, opts):
+        if self.growth is None:
+            self.growth = Growth(self.cfg, (nets["G"], nets["D"], emas["G"]), (opts["G"], opts["D"]))
+        old = self.growth.stage
+        rewrap, rebatch = self.growth.advance(images_seen)
+        if old is None or rewrap or rebatch:
+            return Change(rewrap=rewrap, batch_size=self.growth.batch_size if rebatch else None)
+        return None
+
+    def batch_size(self) -> int:
+        return self.growth.batch_size if self.growth else self.cfg.train.batch_size
+
+    def reals(self, batch):
+        return self.growth.reals(batch["image"]) if self.growth else batch["image"]
+
+    def metrics(self):
+        return self.growth.metrics() if self.growth and self.growth.stage else {}

@@ -1,0 +1,274 @@
+"""The training engine: one loop for every family, driven by a context (Ray Train or local).
+
+Once per step: apply the family's growth change if any; for each phase due this step (and each
+of its repeats) draw its batch, zero its optimizer, run the family's loss under autocast,
+backward, step; update the EMAs. On the report schedule: reduce every phase run's stats across
+ranks, checkpoint, grid, evaluate. Every rank runs the same fixed schedule of steps, so every
+rank reports the same number of times (a barrier under Ray Train) and DDP never waits on a rank
+that ran out of data. Nothing here imports ray or mlflow: the context brings them.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+
+import torch
+
+from pipeline import config as C
+from pipeline import families
+from pipeline.data.fields import Image
+from pipeline.engine import best as B
+from pipeline.engine import checkpoint, ema
+from pipeline.families import sampling
+from pipeline.families.spec import Ctx
+from pipeline.tracking import storage
+
+log = logging.getLogger("ganforge.train")
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by train.inject_failure_at to exercise recovery."""
+
+
+def autocast(cfg: C.Config, device):
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
+
+
+def channels_last(cfg: C.Config, device) -> bool:
+    """train.memory_format; auto = NHWC on a GPU under bf16 (cuDNN's fast path)."""
+    fmt = cfg.train.memory_format
+    return fmt == "channels_last" or (fmt == "auto" and device.type == "cuda"
+                                      and cfg.train.precision != "fp32")
+
+
+def _maybe_fail(cfg: C.Config, step: int, rank: int, world: int, marker_dir: str) -> None:
+    """Raise once (a marker file remembers) so the restarted group can get past this step."""
+    at = cfg.train.inject_failure_at
+    if at is None or step != at or rank != min(1, world - 1):
+        return
+    marker = storage.join(marker_dir, f".injected_failure_{at}")
+    if storage.exists(marker):
+        return
+    storage.write_text(marker, "")
+    raise InjectedFailure(f"train.inject_failure_at={at}: rank {rank} fails on purpose")
+
+
+class Stats:
+    """Sums and counts of every phase run's stats since the last report (no host sync)."""
+
+    def __init__(self):
+        self.sum: dict[str, torch.Tensor] = {}
+        self.n: dict[str, int] = {}
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            v = v.detach().float()
+            self.sum[k] = self.sum[k] + v if k in self.sum else v.clone()
+            self.n[k] = self.n.get(k, 0) + 1
+
+    def reduce(self, ctx) -> dict[str, float]:
+        """Mean over the window and over ranks, in one collective and one host sync."""
+        keys = sorted(self.sum)
+        if not keys:
+            return {}
+        vec = torch.stack([self.sum[k].cpu() for k in keys] +
+                          [torch.tensor(float(self.n[k])) for k in keys])
+        vec = ctx.all_sum(vec)
+        return {k: (vec[i] / vec[len(keys) + i].clamp(min=1)).item() for i, k in enumerate(keys)}
+
+
+class _Data:
+    """The rank's stream and the counters the reports and checkpoints need."""
+
+    def __init__(self, fam, cfg, ctx, data: dict, device, nhwc: bool, position):
+        self.fam, self.cfg, self.ctx, self.data, self.device, self.nhwc = fam, cfg, ctx, data, device, nhwc
+        self.image_fields = {k for k, f in fam.fields.items() if isinstance(f, Image)}
+        self.position, self.skipped, self.converted, self.bad_keys, self.images = position, 0, 0, [], 0
+        self.stream = None
+        self.open(fam.batch_size())
+
+    def open(self, batch_size: int) -> None:
+        """(Re)open the stream; it continues after the last sample this rank used."""
+        from pipeline.data import RankStream
+
+        if self.stream is not None:
+            self.stream.close()
+        d = self.cfg.data
+        self.stream = RankStream(self.data["urls"], rank=self.ctx.rank, world_size=self.ctx.world,
+                                 batch_size=batch_size, resolution=d.resolution,
+                                 loader_workers=d.loader_workers, seed=self.cfg.train.seed,
+                                 shuffle_buffer=d.shuffle_buffer, bad_samples=d.bad_samples,
+                                 position=self.position, counts=self.data.get("counts"),
+                                 fields=self.fam.fields)
+
+    def next(self) -> dict:
+        b = next(self.stream)
+        self.position = b.position
+        self.skipped += b.n_skipped
+        self.converted += b.n_converted
+        self.bad_keys.extend(b.bad_keys)
+        out = {}
+        for k, v in b.fields.items():
+            if k in self.image_fields:
+                from pipeline.data import to_float
+                v = to_float(v.to(self.device, non_blocking=True))
+                if self.nhwc:
+                    v = v.contiguous(memory_format=torch.channels_last)
+            elif isinstance(v, torch.Tensor):
+                v = v.to(self.device, non_blocking=True)
+            out[k] = v
+        self.images += len(next(iter(b.fields.values())))
+        return out
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+def run_phase(fam, phase, nets, opts, batch: dict, ctx: Ctx) -> dict:
+    """One unit of work: zero the phase's optimizer, the family's loss, backward, step."""
+    ctx.phase = phase
+    loss, stats = fam.loss(phase, nets, batch, ctx)
+    opt = opts[phase.optimizer]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return stats
+
+
+def build(cfg: C.Config, device, nhwc: bool = False):
+    """The family, its networks on `device`, their EMA copies and the optimizers."""
+    fam = families.of(cfg)
+    fmt = torch.channels_last if nhwc else torch.preserve_format
+    nets = {k: m.to(device, memory_format=fmt) for k, m in fam.build().items()}
+    emas = {k: copy.deepcopy(nets[k]).eval().requires_grad_(False) for k in fam.ema}
+    return fam, nets, emas, fam.optimizers(nets, device)
+
+
+def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> dict:
+    """Train `cfg` on this rank. data: {"urls": shard URLs, "counts": samples per URL or None}.
+    Returns {"step", "last_grid"}."""
+    device, rank, world = ctx.device, ctx.rank, ctx.world
+    torch.manual_seed(cfg.train.seed * 1000 + rank)   # per-rank noise; overwritten on resume
+    nhwc = channels_last(cfg, device)
+    fam, nets, emas, opts = build(cfg, device, nhwc)
+    phases = fam.phases()
+    config_dict = C.to_dict(cfg)
+
+    start, position, images_seen = 0, None, 0
+    with ctx.restore() as state:
+        if state is not None:
+            state = checkpoint.unpack(state)
+            for k, m in nets.items():
+                m.load_state_dict(state["nets"][k])
+            for k, m in emas.items():
+                m.load_state_dict(state["ema"][k])
+            for k, o in opts.items():
+                o.load_state_dict(state["optim"][k])
+            fam.load_state(state.get("family") or {})
+            start = int(state["step"])
+            # Real images shown to D over all workers; older checkpoints lack it: estimate.
+            images_seen = int(state.get("images_seen", start * cfg.optim.d_steps_per_g
+                                        * cfg.train.batch_size * world))
+            positions = state.get("data_positions") or []
+            position = positions[rank] if len(positions) == world else None
+            rngs = state.get("rng") or []
+            if len(rngs) == world:
+                checkpoint.set_rng_state(rngs[rank])
+            if rank == 0:
+                ctx.note(f"resumed at step {start} of {cfg.train.steps}")
+
+    # Growth sets the stage before wrapping, so DDP sees the stage's parameters.
+    fam.on_progress(images_seen, nets, emas, opts)
+    wrapped = {k: ctx.wrap(m) for k, m in nets.items()}
+    stream = _Data(fam, cfg, ctx, data, device, nhwc, position)
+    lctx = Ctx(step=start, device=device, autocast=autocast(cfg, device))
+    tracker = ctx.tracker if rank == 0 else None
+    bar = ctx.progress(cfg.train.steps, start) if rank == 0 else None
+    evaluator = None
+    if cfg.eval.every:
+        from pipeline.evaluation.in_loop import InLoopEval
+        evaluator = InLoopEval(cfg, eval_prepared, rank=rank, world=world, device=device, gather=ctx.gather)
+    best = B.best_so_far(ctx.run_dir)
+    grid_seed = cfg.train.seed + 12345
+
+    stats, t0, last_grid, total = Stats(), time.perf_counter(), None, cfg.train.steps
+    try:
+        for step in range(start + 1, total + 1):
+            change = fam.on_progress(images_seen, nets, emas, opts)
+            if change is not None:
+                if change.rewrap:        # see pipeline/families/progan.py for why
+                    wrapped = {k: ctx.wrap(m) for k, m in nets.items()}
+                if change.batch_size:
+                    stream.open(change.batch_size)
+            lctx.step, batch = step, None
+            for ph in phases:
+                if not ph.due(step):
+                    continue
+                for _ in range(ph.repeat):
+                    if ph.new_batch or batch is None:
+                        batch = stream.next()
+                        images_seen += len(next(iter(batch.values()))) * world  # same batch on every rank
+                    stats.add(run_phase(fam, ph, wrapped, opts, batch, lctx))
+            decay = cfg.optim.ema_decay if step > cfg.optim.ema_start else 0.0
+            for k, m in emas.items():
+                ema.update(m, nets[k], decay)
+            _maybe_fail(cfg, step, rank, world, ctx.run_dir)
+
+            last = step == total
+            ckpt_due = step % cfg.train.checkpoint_every == 0 or last
+            if not (step % cfg.train.log_every == 0 or ckpt_due):
+                continue
+            metrics = stats.reduce(ctx)
+            dt = time.perf_counter() - t0
+            skipped, converted, imgs = ctx.all_sum(
+                torch.tensor([stream.skipped, stream.converted, stream.images], dtype=torch.int64)).tolist()
+            metrics.update(step=step, images_per_s=imgs / max(dt, 1e-9), skipped_samples=skipped,
+                           converted_samples=converted, images_seen=images_seen, **fam.metrics())
+            stats, t0, stream.images = Stats(), time.perf_counter(), 0
+            if stream.bad_keys:
+                log.warning("rank %d skipped bad samples, first: %s", rank, stream.bad_keys[:5])
+                stream.bad_keys = []
+            positions = ctx.gather(stream.position)
+            eval_due = evaluator is not None and evaluator.due(step, last)
+            rngs = ctx.gather(checkpoint.rng_state()) if ckpt_due or eval_due else None
+            state = lambda: checkpoint.pack(  # noqa: E731
+                step=step, images_seen=images_seen, nets=nets, emas=emas, opts=opts,
+                family_state=fam.state(), data_positions=positions, rng=rngs, config=config_dict)
+            scores = {}
+            if eval_due:
+                sample = emas if cfg.eval.ema else nets
+                scores = evaluator.run(fam, {k: sample.get(k, nets[k]) for k in fam.sample_nets},
+                                       step, tracker)
+                if rank == 0:
+                    best = B.keep_best(scores, best, cfg.eval.best_metric, state, ctx.run_dir)
+            with tempfile.TemporaryDirectory() as td:
+                ckpt_dir = None
+                if rank == 0:
+                    tracker.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
+                    if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
+                        last_grid = _grid(tracker, fam, {k: emas.get(k, nets[k]) for k in fam.sample_nets},
+                                          step, cfg, grid_seed)
+                    if ckpt_due:
+                        checkpoint.save(state(), td, meta={"model": config_dict["model"]["name"],
+                                                           "images_seen": images_seen, **fam.metrics()})
+                        ckpt_dir = td
+                    if bar is not None:
+                        bar.show(step, metrics)
+                ctx.report({**metrics, **scores}, ckpt_dir)
+    finally:
+        stream.close()
+        if bar is not None:
+            bar.close()
+    return {"step": total, "last_grid": last_grid}
+
+
+def _grid(tracker, fam, sample_nets, step: int, cfg: C.Config, seed: int) -> str:
+    images = sampling.images(fam, sample_nets, 0, cfg.tracking.samples, seed=seed)
+    size = cfg.data.resolution
+    if images.shape[-1] != size:   # a growing model's current stage: blocky pixels, full-size grid
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="nearest")
+    return tracker.grid(images.cpu(), step)

@@ -1,0 +1,97 @@
+"""The Ray Train context: the one place the engine meets ray.train.
+
+Every rank must call `ray.train.report` (a barrier); rank 0 passes the checkpoint folder.
+Resume comes from `ray.train.get_checkpoint()` (a restarted worker group, or a rerun of the same
+run name) or the driver's `resume_from`.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from pipeline import config as C
+from pipeline.engine import checkpoint, loop
+
+
+class RayContext:
+    def __init__(self, loop_config: dict):
+        c = ray.train.get_context()
+        self.rank, self.world = c.get_world_rank(), c.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.run_dir = loop_config["run_dir"]
+        self.resume_from = loop_config.get("resume_from")
+        self.tracker = None
+        if self.rank == 0:
+            from pipeline.tracking.runs import RankZeroLogger
+            self.tracker = RankZeroLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
+
+    @contextlib.contextmanager
+    def restore(self):
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                yield checkpoint.load(d, map_location=self.device)
+        elif self.resume_from:
+            yield checkpoint.load(self.resume_from, map_location=self.device)
+        else:
+            yield None
+
+    def wrap(self, module):
+        # No buffer sync per forward: D runs twice (real, fake) per backward and rank 0's BN/SN
+        # buffers would be copied in place between the two forwards. Buffers still sync at init.
+        if not any(p.requires_grad for p in module.parameters()):
+            return module
+        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"forward_sync_buffers": False})
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            t = t.clone()
+            dist.all_reduce(t)
+        return t
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def note(self, text: str) -> None:
+        print(f"[ganforge] {text}", flush=True)
+
+    def progress(self, total: int, start: int):
+        return _Progress(total, start)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+class _Progress:
+    """Steps, losses, images/s and ETA on the driver's terminal (Ray's tqdm draws a worker's bar there)."""
+
+    def __init__(self, total: int, start: int):
+        from ray.experimental.tqdm_ray import tqdm
+        self.bar, self.n = tqdm(total=total, desc="train", unit="step"), 0
+        self.show(start, {})
+
+    def show(self, step: int, m: dict) -> None:
+        if m:
+            self.bar.set_description(f"train loss_d={m.get('loss_d', 0):.3f} "
+                                     f"loss_g={m.get('loss_g', 0):.3f} {m.get('images_per_s', 0):.0f} img/s")
+        self.bar.update(step - self.n)
+        self.n = step
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_loop_per_worker(loop_config: dict) -> dict:
+    """Ray Train's worker function: a thin adapter from the driver's loop config to the engine."""
+    cfg = C.from_dict(loop_config["config"])
+    data = {"urls": loop_config["shard_urls"], "counts": loop_config.get("shard_counts")}
+    return loop.run(cfg, RayContext(loop_config), data, loop_config.get("eval"))

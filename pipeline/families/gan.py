@@ -1,0 +1,130 @@
+"""Direct GANs: one generator G(z[, y]) and one discriminator D(x[, y]), two phases.
+
+DCGAN/cGAN, BigGAN and BigGAN-deep differ only in their networks (models/); the adversarial loss
+(loss.kind: minimax, nonsaturating, hinge, wasserstein, least_squares = LSGAN), WGAN-GP, R1
+(every D step, or lazily as a "Dreg" phase), ProGAN's drift and BigGAN's orthogonal
+regularization are config. SNGAN and SAGAN are presets of these networks (spectral norm; self-
+attention), not families of their own.
+"""
+from __future__ import annotations
+
+import torch
+
+import models
+from models.biggan import BigGANConfig
+from models.biggan_deep import BigGANDeepConfig
+from models.dcgan import DCGANConfig
+from pipeline.data.fields import Image, Label
+from pipeline.engine import losses, regularizers
+from pipeline.families import register
+from pipeline.families.spec import ClassLabel, Ctx, Family, Latent, Nets, Phase
+
+
+def unwrap(m):
+    """The module inside a DDP wrapper (prepare_model wraps only with more than one worker)."""
+    return getattr(m, "module", m)
+
+
+class DirectGAN(Family):
+    """G(z, y) against D(x, y); y only when model.num_classes > 0."""
+
+    @property
+    def conditional(self) -> bool:
+        return getattr(self.model, "num_classes", 0) > 0
+
+    @property
+    def fields(self):
+        # An unconditional family reads images only, so unlabelled shards train.
+        return {"image": Image(), **({"cls": Label()} if self.conditional else {})}
+
+    def inputs(self):
+        z = {"z": Latent(self.model.z_dim)}
+        return {**z, "cls": ClassLabel(self.model.num_classes)} if self.conditional else z
+
+    def build(self) -> Nets:
+        return models.build(self.model)
+
+    def optimizer_groups(self):
+        o = self.cfg.optim
+        return {"G": (("G",), o.g_lr), "D": (("D",), o.d_lr)}
+
+    def phases(self):
+        L = self.cfg.loss
+        out = [Phase("D", "D", repeat=self.cfg.optim.d_steps_per_g)]
+        if L.r1_gamma > 0 and L.r1_every > 1:
+            out.append(Phase("Dreg", "D", every=L.r1_every, new_batch=False, lazy=True))
+        return out + [Phase("G", "G", new_batch=False)]
+
+    def generate(self, nets, inputs):
+        return nets["G"](inputs["z"], inputs.get("cls"))
+
+    # -- losses --------------------------------------------------------------------------------
+    def reals(self, batch: dict) -> torch.Tensor:
+        """The real images D sees (ProGAN downsamples them to its stage)."""
+        return batch["image"]
+
+    def labels(self, batch: dict):
+        return batch.get("cls") if self.conditional else None
+
+    def z(self, n: int, device) -> torch.Tensor:
+        return torch.randn(n, self.model.z_dim, device=device)
+
+    def loss(self, phase: Phase, nets: Nets, batch: dict, ctx: Ctx):
+        return getattr(self, f"_loss_{phase.name}")(nets, batch, ctx)
+
+    def _loss_D(self, nets, batch, ctx):
+        G, D, L = nets["G"], nets["D"], self.cfg.loss
+        real, y = self.reals(batch), self.labels(batch)
+        with torch.no_grad(), ctx.amp():
+            fake = G(self.z(real.shape[0], real.device), y)
+        with ctx.amp():
+            real_logits = D(real, y).float()
+            fake_logits = D(fake, y).float()
+            loss = losses.d_loss(L.kind, real_logits, fake_logits)
+        stats = {"loss_d": loss.detach(), "d_real": real_logits.mean().detach(),
+                 "d_fake": fake_logits.mean().detach()}
+        if L.gp_weight > 0:
+            gp = regularizers.gradient_penalty(D, real, fake.float(), y)
+            loss = loss + L.gp_weight * gp
+            stats["gp"] = gp.detach()
+        if L.r1_gamma > 0 and L.r1_every == 1:
+            r1 = regularizers.r1_penalty(D, real, y)
+            loss = loss + L.r1_gamma * r1
+            stats["r1"] = r1.detach()
+        if L.drift_weight > 0:
+            loss = loss + L.drift_weight * regularizers.drift(real_logits)
+        return loss, stats
+
+    def _loss_Dreg(self, nets, batch, ctx):
+        L = self.cfg.loss
+        r1 = regularizers.r1_penalty(nets["D"], self.reals(batch), self.labels(batch))
+        return L.r1_gamma * L.r1_every * r1, {"r1": r1.detach()}
+
+    def _loss_G(self, nets, batch, ctx):
+        G, D, L = nets["G"], nets["D"], self.cfg.loss
+        y = self.labels(batch)
+        n = batch["image"].shape[0]
+        with ctx.amp():
+            fake = G(self.z(n, ctx.device), y)
+            loss = losses.g_loss(L.kind, D(fake, y).float())
+        stats = {"loss_g": loss.detach()}
+        if L.ortho_weight > 0:
+            ortho = regularizers.orthogonal(unwrap(G))
+            loss = loss + L.ortho_weight * ortho
+            stats["ortho"] = ortho.detach()
+        return loss, stats
+
+
+@register("dcgan", DCGANConfig)
+class DCGAN(DirectGAN):
+    """DCGAN and cGAN (projection D); LSGAN, WGAN(-GP) and SNGAN through loss.* and presets."""
+
+
+@register("biggan", BigGANConfig)
+class BigGAN(DirectGAN):
+    """BigGAN; SAGAN is its preset with one attention layer and no orthogonal regularization."""
+
+
+@register("biggan_deep", BigGANDeepConfig)
+class BigGANDeep(DirectGAN):
+    """BigGAN-deep bottleneck blocks."""

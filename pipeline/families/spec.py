@@ -1,0 +1,202 @@
+"""What a GAN family declares, so the engine, checkpoints, registry, sampling, evaluation and Tune
+read the declaration and never name G or D themselves.
+
+A family is a subclass of `Family` bound to one run config: its networks (`build`), its optimizers
+(`optimizers`), its phases (named units of work as in stylegan2-ada's Gmain/Greg/Dmain/Dreg, each
+with its optimizer, interval and repeat count), one `loss(phase, ...)` that returns (loss, named
+detached stats) and never logs, the sample fields it reads, its generation inputs and one
+`generate` that grids, evaluation, `ganforge sample`, the pyfunc model and the pt2 export all use.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from pipeline.data.fields import DEFAULT_FIELDS, Field
+
+Nets = dict[str, nn.Module]
+
+
+# ---------------------------------------------------------------- phases
+
+@dataclass(frozen=True)
+class Phase:
+    """One named unit of work per step.
+
+    every: run on steps where step % every == 0 (lazy regularization; with `lazy`, the loss is
+      scaled by `every` and its optimizer's lr and betas are corrected as in StyleGAN2:
+      c = every / (every + 1), lr * c, beta ** c).
+    repeat: times per step (D steps per G step), each on a new batch when `new_batch`.
+    new_batch: draw a fresh batch from the stream; False reuses the phase before's batch (a G
+      step conditions on the labels D just saw, and reads no extra data).
+    """
+    name: str
+    optimizer: str
+    every: int = 1
+    repeat: int = 1
+    new_batch: bool = True
+    lazy: bool = False
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+
+@dataclass
+class Ctx:
+    """What a loss sees besides the networks and the batch."""
+    step: int
+    device: torch.device
+    autocast: contextlib.AbstractContextManager | None = None
+    phase: Phase | None = None
+
+    def amp(self):
+        return self.autocast if self.autocast is not None else contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class Change:
+    """A growth hook's answer: the trained parameter set changed (re-wrap DDP), the per-worker
+    batch size changed (re-open the data stream)."""
+    rewrap: bool = False
+    batch_size: int | None = None
+
+
+# ---------------------------------------------------------------- generation inputs
+
+@dataclass(frozen=True)
+class Latent:
+    """Standard normal noise; `truncation` (sampling only) redraws entries beyond |t|."""
+    dim: int
+
+
+@dataclass(frozen=True)
+class ClassLabel:
+    """A class index in [0, num_classes); sample i asks for i % num_classes unless fixed."""
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """An InfoGAN-style categorical code, one-hot of size k; sample i gets i % k unless fixed."""
+    k: int
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Continuous codes in [-1, 1]; a fixed value sets every sample's code."""
+    dim: int
+
+
+Input = Latent | ClassLabel | Categorical | Uniform
+
+
+# ---------------------------------------------------------------- the family
+
+class Family:
+    """Base class: subclass, fill the declarations, register with @families.register(name, Config).
+
+    Bound to a run config (`self.cfg`: the whole pipeline Config; `self.model` its model section).
+    """
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    ema: ClassVar[tuple[str, ...]] = ("G",)        # networks that get an averaged copy
+    sample_nets: ClassVar[tuple[str, ...]] = ("G",)  # what a user samples from (EMA copy if any)
+
+    def __init__(self, cfg):
+        self.cfg, self.model = cfg, cfg.model
+
+    # -- declarations ------------------------------------------------------------------------
+    @property
+    def fields(self) -> dict[str, Field]:
+        """Sample fields read from shards."""
+        return dict(DEFAULT_FIELDS)
+
+    def inputs(self) -> dict[str, Input]:
+        """Generation inputs, in the order `generate` and the pt2 export take them."""
+        raise NotImplementedError
+
+    def build(self) -> Nets:
+        raise NotImplementedError
+
+    def optimizer_groups(self) -> dict[str, tuple[tuple[str, ...], float]]:
+        """{optimizer name: (network names it trains, learning rate)}."""
+        raise NotImplementedError
+
+    def optimizers(self, nets: Nets, device) -> dict[str, torch.optim.Optimizer]:
+        """Adam per group with optim.betas; groups that a lazy phase also steps get StyleGAN2's
+        lr/betas correction for its interval."""
+        kw = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+        lazy = {p.optimizer: p.every for p in self.phases() if p.lazy and p.every > 1}
+        out = {}
+        for name, (net_names, lr) in self.optimizer_groups().items():
+            params = [p for n in net_names for p in nets[n].parameters()]
+            betas = tuple(self.cfg.optim.betas)
+            if name in lazy:
+                c = lazy[name] / (lazy[name] + 1)
+                lr, betas = lr * c, tuple(b ** c for b in betas)
+            out[name] = torch.optim.Adam(params, lr=lr, betas=betas, **kw)
+        return out
+
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def loss(self, phase: Phase, nets: Nets, batch: dict, ctx: Ctx) -> tuple[torch.Tensor, dict]:
+        """(loss to backward, {stat name: detached scalar tensor}). `nets` may be DDP-wrapped."""
+        raise NotImplementedError
+
+    def generate(self, nets: Nets, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Images in [-1, 1] from the sample nets (unwrapped, usually the EMA copies)."""
+        raise NotImplementedError
+
+    def draw(self, n: int, device) -> dict[str, torch.Tensor]:
+        """Training-time inputs from the global torch RNG (per-rank noise, checkpointed)."""
+        from pipeline.families import sampling
+        return sampling.draw(self.inputs(), n, device)
+
+    # -- optional hooks -----------------------------------------------------------------------
+    def on_progress(self, images_seen: int, nets: Nets, emas: Nets,
+                    opts: dict[str, torch.optim.Optimizer]) -> Change | None:
+        """Growth (ProGAN levels, stages): called before every step. None = nothing changed."""
+        return None
+
+    def batch_size(self) -> int:
+        """Per-worker batch of the current stage."""
+        return self.cfg.train.batch_size
+
+    def metrics(self) -> dict[str, float]:
+        """Extra numbers reported with every log (ProGAN's level and alpha)."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        """Family state to checkpoint (image pools, path-length mean, ADA p): tensors and plain
+        Python only (checkpoints load with weights_only=True)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        """Plain facts about the sample nets for manifests and model cards."""
+        return {"inputs": {k: _plain(v) for k, v in self.inputs().items()}}
+
+
+def _plain(inp: Input) -> dict:
+    d = {"kind": type(inp).__name__}
+    d.update({k: getattr(inp, k) for k in inp.__dataclass_fields__})
+    return d
+
+
+@dataclass
+class Trained:
+    """A family with its networks: what checkpoints and generator folders rebuild."""
+    family: Family
+    nets: Nets
+    emas: Nets = field(default_factory=dict)
+
+    def sample_nets(self) -> Nets:
+        """The EMA copy where there is one, else the network itself."""
+        return {n: self.emas.get(n, self.nets[n]) for n in self.family.sample_nets}

@@ -1,0 +1,226 @@
+"""Every registered family through the engine: 2 Ray Train workers, checkpoint, resume, register,
+pull, and the same seed's images from the folder, the registry URI and the pyfunc model; the
+local context with Ray and MLflow unimportable gives one Ray worker's losses.
+
+All families share one Ray Train fit per worker count: process start-up, not steps, is what
+costs on 2 cores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import config as C
+from pipeline import families
+
+# Tiny networks per family (BASE, where the family's config has the key, and these); every one
+# trains 4 steps on the smoke shards. A new family needs no line here unless BASE does not fit it.
+SMALL = {
+    "dcgan": {"num_classes": 10},
+    "acgan": {"num_classes": 10},
+    "biggan": {"resolution": 32, "ch": 8, "num_classes": 10},
+    "biggan_deep": {"resolution": 32, "ch": 8, "num_classes": 10},
+    "progan": {"channel_max": 8, "phase_images": [8, 8, 8], "phase_batch": [4, 4, 4]},
+}
+BASE = {"resolution": 16, "z_dim": 16, "g_channels": 8, "d_channels": 8, "d_norm": "none",
+        "spectral_norm": True}
+
+
+def family_config(name: str, steps: int, workers: int) -> dict:
+    m = {**SMALL.get(name, {})}
+    keys = {f.name for f in dataclasses.fields(families.config_class(name))}
+    m.update({k: v for k, v in BASE.items() if k in keys and k not in m})
+    if name.startswith("biggan"):
+        m.pop("z_dim", None)
+    res = m.get("resolution", 16)
+    loss = {"kind": "wasserstein", "gp_weight": 10.0, "drift_weight": 1e-3} if name == "progan" else {"kind": "hinge"}
+    return {"model": {"name": name, **m}, "loss": loss, "optim": {"ema_decay": 0.9},
+            "data": {"resolution": res, "loader_workers": 0, "shuffle_buffer": 16},
+            "train": {"steps": steps, "batch_size": 4, "log_every": 2, "checkpoint_every": 2,
+                      "sample_every": 0, "seed": 3},
+            "tracking": {"samples": 4}, "scaling": {"num_workers": workers}}
+
+
+def test_registry_covers_ported_and_new_families():
+    assert {"dcgan", "biggan", "biggan_deep", "progan", "acgan"} <= set(families.names())
+    for name in families.names():          # every family builds from the tiny config the fits use
+        fam = families.of(C.from_dict(family_config(name, 4, 2)))
+        nets = fam.build()
+        assert set(fam.sample_nets) <= set(nets) and set(fam.ema) <= set(nets)
+        assert {n for names, _ in fam.optimizer_groups().values() for n in names} <= set(nets)
+
+
+def _multi_family_loop(loop_config: dict) -> dict:
+    """A Ray Train worker running every family twice: to step 2, then resumed to step 4 from the
+    checkpoint the first run wrote (Ray Train's report still gets every checkpoint)."""
+    from pipeline.engine import loop
+    from pipeline.engine.checkpoint import load
+    from pipeline.engine.ray_context import RayContext
+
+    class FamilyContext(RayContext):
+        """Ray Train's context, checkpoints also kept per family on the test's disk."""
+
+        def __init__(self, folder):
+            import ray.train
+            import ray.train.torch
+            c = ray.train.get_context()
+            self.rank, self.world = c.get_world_rank(), c.get_world_size()
+            self.device, self.run_dir = ray.train.torch.get_device(), str(folder)
+            self.tracker, self.folder, self.seen = _NullTracker(), Path(folder), []
+
+        def restore(self):
+            import contextlib
+            have = sorted(self.folder.glob("checkpoint_*"))
+            return contextlib.nullcontext(load(have[-1]) if have else None)
+
+        def progress(self, total, start):
+            return None
+
+        def report(self, metrics, checkpoint_dir):
+            if checkpoint_dir is not None:
+                kept = self.folder / f"checkpoint_{int(metrics['step']):03d}"
+                shutil.copytree(checkpoint_dir, kept)
+                (kept / "report.json").write_text(json.dumps(metrics))
+            self.seen.append(int(metrics["step"]))
+            super().report(metrics, checkpoint_dir)
+
+    out = {}
+    data = {"urls": loop_config["shard_urls"], "counts": None}
+    for name, runs in loop_config["families"].items():
+        steps = []
+        for cfg_dict in runs:
+            cfg = C.from_dict(cfg_dict)
+            ctx = FamilyContext(Path(loop_config["root"]) / name)
+            loop.run(cfg, ctx, data)
+            steps.append(ctx.seen)
+        out[name] = steps
+    return out
+
+
+class _NullTracker:
+    def metrics(self, values, step):
+        pass
+
+    def grid(self, images, step):
+        return ""
+
+
+def _fit(ray_session, tmp_path, shards, workers: int, runs_per_family) -> dict:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.data import resolve_shards
+
+    urls, _ = resolve_shards(str(shards))
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers lack tests/ on their path
+    root = tmp_path / f"fams-{workers}"
+    for name in families.names():
+        (root / name).mkdir(parents=True)
+    trainer = TorchTrainer(
+        _multi_family_loop,
+        train_loop_config={"shard_urls": urls, "root": str(root),
+                           "families": {n: runs_per_family(n) for n in families.names()}},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name=f"fams-{uuid.uuid4().hex[:6]}", storage_path=str(tmp_path / "ray"),
+                                       failure_config=ray.train.FailureConfig(max_failures=0)))
+    return trainer.fit().return_value, root
+
+
+def _uri_of(mv):
+    return f"models:/{mv.name}/{mv.version}"
+
+
+@pytest.mark.slow
+def test_every_family_trains_resumes_registers_and_samples_identically(ray_session, smoke_shards, tmp_path,
+                                                                         monkeypatch):
+    import mlflow
+
+    from pipeline.families import generator as GM
+    from pipeline.tracking import registry
+    from pipeline.tracking import runs as tracking
+
+    seen, root = _fit(ray_session, tmp_path, smoke_shards, 2,
+                      lambda n: [C.to_dict(C.from_dict(family_config(n, s, 2))) for s in (2, 4)])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in families.names():
+        assert seen[name] == [[2], [4]], name          # the second run resumed after step 2
+        ckpt = root / name / "checkpoint_004"
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        assert state["step"] == 4 and set(state["nets"]) >= {"G", "D"} and "G" in state["ema"]
+        assert len(state["data_positions"]) == 2 and len(state["rng"]) == 2
+        cfg = C.from_dict(state["config"])
+        run_id = tracking.start_run(cfg, f"fam-{name}", uri)
+        mv = registry.register_checkpoint(ckpt, tracking_uri=uri, run_id=run_id, lineage={})
+        pulled = registry.pull(_uri_of(mv), tmp_path / f"pulled-{name}")
+        gen = GM.load_folder(pulled)
+        fixed = {"cls": 3} if gen.num_classes else {}
+        want = gen.sample(6, seed=11, truncation=0.8, fixed=fixed)
+        assert torch.equal(registry.load_generator(_uri_of(mv)).sample(6, seed=11, truncation=0.8, fixed=fixed), want)
+        assert torch.equal(GM.from_checkpoint(ckpt).sample(6, seed=11, truncation=0.8, fixed=fixed), want)
+        row = {"n": 6, "seed": 11, "truncation": 0.8, **({"class": 3.0} if fixed else {})}   # a double column (see the signature)
+        got = mlflow.pyfunc.load_model(_uri_of(mv)).predict(row)
+        assert np.array_equal(got, want.permute(0, 2, 3, 1).numpy()), name
+        assert want.float().std() > 0                   # not a blank image
+
+
+LOCAL_SCRIPT = r"""
+import json, sys
+class Block:                     # Ray and MLflow cannot be imported in this process
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ray", "mlflow"):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Block())
+from pipeline import config as C
+from pipeline.data import resolve_shards
+from pipeline.engine.context import train_local
+cfgs, shards, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+urls, _ = resolve_shards(shards)
+result = {}
+for name, d in cfgs.items():
+    _, ctx = train_local(C.from_dict(d), {"urls": urls, "counts": None}, f"{out}/{name}", quiet=True)
+    result[name] = ctx.reports
+assert "ray" not in sys.modules and "mlflow" not in sys.modules
+print("RESULT " + json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+def test_local_context_without_ray_or_mlflow_matches_one_ray_worker(ray_session, smoke_shards, tmp_path):
+    cfgs = {n: C.to_dict(C.from_dict(family_config(n, 4, 1))) for n in families.names()}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}        # a 1-CPU Ray worker runs one thread
+    out = subprocess.run([sys.executable, "-c", LOCAL_SCRIPT, json.dumps(cfgs), str(smoke_shards),
+                          str(tmp_path / "local")], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    local = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert (tmp_path / "local" / "dcgan" / "metrics.jsonl").is_file()
+    assert sorted(p.name for p in (tmp_path / "local" / "dcgan").glob("checkpoint_*")) == [
+        "checkpoint_0000002", "checkpoint_0000004"]
+    seen, _ = _fit(ray_session, tmp_path, smoke_shards, 1, lambda n: [cfgs[n]])
+    del seen
+    ray_reports = _ray_reports(tmp_path)
+    for name in families.names():
+        loc = {r["step"]: r for r in local[name]}
+        ray = {r["step"]: r for r in ray_reports[name]}
+        assert sorted(loc) == sorted(ray) == [2, 4], name
+        for step in (2, 4):
+            for k in ("loss_d", "loss_g"):
+                assert ray[step][k] == pytest.approx(loc[step][k], rel=1e-4, abs=1e-5), (name, step, k)
+
+
+def _ray_reports(tmp_path) -> dict:
+    """Each family's reported metrics from the 1-worker fit, read from the checkpoints it kept."""
+    out = {}
+    for d in (tmp_path / "fams-1").iterdir():
+        out[d.name] = [json.loads((c / "report.json").read_text()) for c in sorted(d.glob("checkpoint_*"))]
+    return out
