@@ -16,6 +16,7 @@ _MODULES = (
     "pipeline.families.gan",
     "pipeline.families.progan",
     "pipeline.families.acgan",
+    "pipeline.families.infogan",
 )
 
 

@@ -1,0 +1,147 @@
+"""InfoGAN (Chen et al. 2016): latent codes that G must keep recoverable from its images.
+
+G(z, c) sees noise plus categorical codes (one-hot) and continuous codes in [-1, 1]; a Q head on
+D's body predicts the codes. D and Q minimise D's loss plus info_weight times the information
+loss on fakes (cross-entropy of the categorical codes, cont_weight times the squared error of the
+continuous ones: a Gaussian of unit variance); G minimises its loss plus the same term. Metric
+`code_purity`: how well the first categorical code predicts a shapestack oracle glyph.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models import dcgan
+from models.layers import maybe_sn
+from pipeline.data.fields import Image
+from pipeline.engine import losses
+from pipeline.evaluation.metrics import register as register_metric
+from pipeline.families import register
+from pipeline.families.gan import DirectGAN
+from pipeline.families.spec import Categorical, Latent, Uniform
+
+
+@dataclass(frozen=True, kw_only=True)
+class InfoGANConfig(dcgan.DCGANConfig):
+    cat_codes: tuple[int, ...] = (10,)  # sizes of the categorical codes (cat0, cat1, ...)
+    cont_codes: int = 2                 # continuous codes cont0, cont1, ... uniform in [-1, 1]
+    info_weight: float = 1.0            # lambda: weight of the information loss (>= 0)
+    cont_weight: float = 0.1            # weight of the continuous codes within it (>= 0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_classes:
+            raise ValueError("num_classes: InfoGAN is unconditional here (0); its codes replace classes")
+        if any(k < 2 for k in self.cat_codes):
+            raise ValueError("cat_codes: each code needs >= 2 values")
+        for k in ("cont_codes", "info_weight", "cont_weight"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k}: must be >= 0")
+
+    @property
+    def code_dim(self) -> int:
+        return sum(self.cat_codes) + self.cont_codes
+
+
+class InfoDiscriminator(nn.Module):
+    """DCGAN's D plus Q on the same features. D(x) -> logit; D(x, q=True) -> (logit, code preds)."""
+
+    def __init__(self, cfg: InfoGANConfig):
+        super().__init__()
+        base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(dcgan.DCGANConfig)}
+        self.body = dcgan.Discriminator(dcgan.DCGANConfig(**base))
+        w = self.body.out.in_features
+        self.q = nn.Sequential(maybe_sn(nn.Linear(w, 128), cfg.spectral_norm), nn.LeakyReLU(0.2),
+                               nn.Linear(128, cfg.code_dim))
+
+    def forward(self, x, y=None, q: bool = False):
+        h = self.body.features(x).flatten(1)
+        logit = self.body.out(h).squeeze(1)
+        return (logit, self.q(h)) if q else logit
+
+
+@register("infogan", InfoGANConfig)
+class InfoGAN(DirectGAN):
+    @property
+    def fields(self):
+        return {"image": Image()}
+
+    def inputs(self):
+        m = self.model
+        return {"z": Latent(m.z_dim), **{f"cat{i}": Categorical(k) for i, k in enumerate(m.cat_codes)},
+                **{f"cont{i}": Uniform(1) for i in range(m.cont_codes)}}
+
+    def build(self):
+        m = self.model
+        g = dataclasses.replace(dcgan.DCGANConfig(**{f.name: getattr(m, f.name)
+                                                     for f in dataclasses.fields(dcgan.DCGANConfig)}),
+                                z_dim=m.z_dim + m.code_dim)
+        return {"G": dcgan.Generator(g), "D": InfoDiscriminator(m)}
+
+    def optimizer_groups(self):
+        o = self.cfg.optim
+        return {"G": (("G",), o.g_lr), "D": (("D",), o.d_lr)}   # D holds Q: they learn together
+
+    def _g_input(self, x: dict) -> torch.Tensor:
+        m = self.model
+        parts = [x["z"]] + [F.one_hot(x[f"cat{i}"], k).float() for i, k in enumerate(m.cat_codes)]
+        return torch.cat(parts + [x[f"cont{i}"] for i in range(m.cont_codes)], 1)
+
+    def generate(self, nets, inputs):
+        return nets["G"](self._g_input(inputs))
+
+    def _info(self, pred: torch.Tensor, x: dict) -> tuple[torch.Tensor, dict]:
+        m, at, cat = self.model, 0, torch.zeros((), device=pred.device)
+        for i, k in enumerate(m.cat_codes):
+            cat = cat + F.cross_entropy(pred[:, at:at + k].float(), x[f"cat{i}"])
+            at += k
+        cont = (F.mse_loss(pred[:, at:].float(), torch.cat([x[f"cont{i}"] for i in range(m.cont_codes)], 1))
+                if m.cont_codes else torch.zeros((), device=pred.device))
+        return cat + m.cont_weight * cont, {"info_cat": cat.detach(), "info_cont": cont.detach()}
+
+    def _loss_D(self, nets, batch, ctx):
+        G, D = nets["G"], nets["D"]
+        real = batch["image"]
+        x = self.draw(real.shape[0], real.device)
+        with torch.no_grad(), ctx.amp():
+            fake = G(self._g_input(x))
+        with ctx.amp():
+            real_logit = D(real).float()
+            fake_logit, pred = D(fake, q=True)
+            adv = losses.d_loss(self.cfg.loss.kind, real_logit, fake_logit.float())
+        info, s = self._info(pred, x)
+        stats = {"loss_d": adv.detach(), "d_real": real_logit.mean().detach(),
+                 "d_fake": fake_logit.float().mean().detach(), **{f"{k}_d": v for k, v in s.items()}}
+        return adv + self.model.info_weight * info, stats
+
+    def _loss_G(self, nets, batch, ctx):
+        G, D = nets["G"], nets["D"]
+        x = self.draw(batch["image"].shape[0], ctx.device)
+        with ctx.amp():
+            logit, pred = D(G(self._g_input(x)), q=True)
+            adv = losses.g_loss(self.cfg.loss.kind, logit.float())
+        info, s = self._info(pred, x)
+        return adv + self.model.info_weight * info, {"loss_g": adv.detach(), **s}
+
+
+def code_purity(codes, glyphs) -> float:
+    """For each value of the code, the share of its samples showing its most common glyph, on the
+    best of the three glyph channels: 1.0 = the code names a glyph; chance is about 0.1-0.2."""
+    codes, glyphs = np.asarray(codes), np.asarray(glyphs)
+    best = 0.0
+    for ch in range(glyphs.shape[1]):
+        hit = sum(np.bincount(glyphs[codes == k, ch]).max() for k in np.unique(codes))
+        best = max(best, hit / len(codes))
+    return float(best)
+
+
+@register_metric("code_purity", needs=("glyphs", "labels"))
+def _code_purity_metric(fake, ref=None, **_):
+    if fake.labels is None:
+        raise ValueError("code_purity needs a categorical code (an InfoGAN generator)")
+    return {"code_purity": code_purity(fake.labels, fake.glyphs)}
