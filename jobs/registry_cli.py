@@ -111,7 +111,7 @@ def cmd_sample(args) -> int:
         if not sep:
             raise ValueError(f"--code {kv!r}: expected NAME=VALUE, e.g. cat0=3 or cont0=0.5")
         try:
-            fixed[k.strip()] = float(v)
+            fixed[k.strip()] = int(v) if v.strip().lstrip("-").isdigit() else float(v)
         except ValueError:
             raise ValueError(f"--code {kv!r}: {v!r} is not a number") from None
     if args.cls is not None and not G.num_classes:

@@ -52,3 +52,13 @@ def test_r1_of_linear_critic():
     w = torch.randn(12)
     r1 = regularizers.r1_penalty(Linear(w), torch.randn(4, 3, 2, 2))
     assert r1.item() == pytest.approx(0.5 * w.pow(2).sum().item(), rel=1e-5)
+
+
+def test_least_squares_equals_its_formula_on_fixed_logits():
+    # LSGAN (Mao et al. 2017), 0-1-1 coding: D: 1/2 E[(D(x)-1)^2] + 1/2 E[D(G(z))^2]; G: 1/2 E[(D(G(z))-1)^2]
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-1.0, 0.25, 3.0])
+    d = 0.5 * sum((r - 1) ** 2 for r in real.tolist()) / 3 + 0.5 * sum(f ** 2 for f in fake.tolist()) / 3
+    g = 0.5 * sum((f - 1) ** 2 for f in fake.tolist()) / 3
+    assert losses.d_loss("least_squares", real, fake).item() == pytest.approx(d)
+    assert losses.g_loss("least_squares", fake).item() == pytest.approx(g)
+    assert losses.d_loss("least_squares", torch.ones(4), torch.zeros(4)).item() == 0.0   # D's optimum

@@ -57,8 +57,8 @@ def test_grows_fades_in_and_resumes_mid_fade(ray_session, shards32, tmp_path):
     state = checkpoint.load(first.checkpoint)
     expected, seen = _expected(first_cfg := _cfg(tmp_path, name, 24), 24)
     assert state["images_seen"] == _expected(first_cfg, 16)[1] == 176
-    assert float(state["G"]["level"]) == 3 and float(state["G"]["alpha"]) == pytest.approx(0.25)
-    assert float(state["G_ema"]["alpha"]) == pytest.approx(0.25)
+    assert float(state["nets"]["G"]["level"]) == 3 and float(state["nets"]["G"]["alpha"]) == pytest.approx(0.25)
+    assert float(state["ema"]["G"]["alpha"]) == pytest.approx(0.25)
 
     second = run_training(first_cfg)                      # same run name: resumes at step 16
     assert second.mlflow_run_id == first.mlflow_run_id and second.steps == 24

@@ -540,8 +540,16 @@ class RankStream:
             raise RuntimeError("RankStream is closed")
         try:
             fields, state, skipped, converted, bad = next(self._it)
-        except BaseException:
+        except DataError as e:
             self.close()  # a data error ends the stream; don't leave its workers running
+            # From a loader process DataLoader prepends "Caught DataError in DataLoader worker
+            # process N." and the worker's traceback: keep the one line that names the problem.
+            msg = str(e)
+            if msg.startswith("Caught "):
+                msg = msg.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+            raise type(e)(msg) from None
+        except BaseException:
+            self.close()
             raise
         w = state.pop("worker")
         self._workers[w] = state

@@ -48,10 +48,13 @@ class RayContext:
         return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"forward_sync_buffers": False})
 
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            t = t.clone()
-            dist.all_reduce(t)
-        return t
+        """Sum over ranks of a small CPU tensor (NCCL reduces device tensors only)."""
+        if self.world == 1:
+            return t
+        on = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = t.to(on, copy=True)
+        dist.all_reduce(t)
+        return t.cpu()
 
     def gather(self, obj) -> list:
         if self.world == 1:

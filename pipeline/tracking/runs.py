@@ -91,5 +91,10 @@ class RankZeroLogger:
             self.client.log_artifact(self.run_id, str(p), artifact_path="samples")
         return f"samples/{p.name}"
 
+    def scores(self, results: dict, protocol, *, step: int, ref_path=None) -> dict[str, float]:
+        """In-loop evaluation results as eval/* metrics with their protocol tags."""
+        from pipeline.evaluation.metrics.protocol import log_scores
+        return log_scores(self.client, self.run_id, results, protocol, step=step, ref_path=ref_path)
+
     def artifacts(self, local_dir: str, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, local_dir, artifact_path=artifact_path)
