@@ -93,6 +93,30 @@ class Discriminator(nn.Module):
         return logits
 
 
+def base_config(cfg: DCGANConfig, **changes) -> DCGANConfig:
+    """The DCGANConfig inside a family's config that extends it (ACGAN, InfoGAN), with changes."""
+    import dataclasses
+    return DCGANConfig(**{**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DCGANConfig)}, **changes})
+
+
+class HeadedDiscriminator(nn.Module):
+    """D's body with a second head on its features (ACGAN's classifier, InfoGAN's Q).
+    D(x) -> the real/fake logit, so penalties apply unchanged; D(x, head=True) -> (logit, head
+    output) from one forward, so DDP sees every parameter used in the same pass."""
+
+    def __init__(self, cfg: DCGANConfig, out_dim: int, hidden: int = 0):
+        super().__init__()
+        self.body = Discriminator(base_config(cfg, num_classes=0))
+        w, sn = self.body.out.in_features, cfg.spectral_norm
+        self.head = (nn.Sequential(maybe_sn(nn.Linear(w, hidden), sn), nn.LeakyReLU(0.2), nn.Linear(hidden, out_dim))
+                     if hidden else maybe_sn(nn.Linear(w, out_dim), sn))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, head: bool = False):
+        h = self.body.features(x).flatten(1)
+        logit = self.body.out(h).squeeze(1)
+        return (logit, self.head(h)) if head else logit
+
+
 @register("dcgan", DCGANConfig)
 def build(cfg: DCGANConfig):
     return {"G": Generator(cfg), "D": Discriminator(cfg)}

@@ -6,15 +6,12 @@ says whether the generated image shows the requested glyph.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from models import dcgan
-from models.layers import maybe_sn
 from pipeline.engine import losses
 from pipeline.families import register
 from pipeline.families.gan import DirectGAN
@@ -33,26 +30,11 @@ class ACGANConfig(dcgan.DCGANConfig):
             raise ValueError("aux_weight: must be >= 0")
 
 
-class ACDiscriminator(nn.Module):
-    """DCGAN's D without projection, plus a linear class head on the same features.
-    D(x) -> source logit (so GP and R1 apply unchanged); D(x, aux=True) -> (logit, class logits)."""
-
-    def __init__(self, cfg: ACGANConfig):
-        super().__init__()
-        base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(dcgan.DCGANConfig)}
-        self.body = dcgan.Discriminator(dcgan.DCGANConfig(**{**base, "num_classes": 0}))
-        self.cls = maybe_sn(nn.Linear(self.body.out.in_features, cfg.num_classes), cfg.spectral_norm)
-
-    def forward(self, x, y=None, aux: bool = False):
-        h = self.body.features(x).flatten(1)
-        logit = self.body.out(h).squeeze(1)
-        return (logit, self.cls(h)) if aux else logit
-
-
 @register("acgan", ACGANConfig)
 class ACGAN(DirectGAN):
     def build(self):
-        return {"G": dcgan.Generator(self.model), "D": ACDiscriminator(self.model)}
+        # D(x, head=True) -> (real/fake logit, class logits) from one body
+        return {"G": dcgan.Generator(self.model), "D": dcgan.HeadedDiscriminator(self.model, self.model.num_classes)}
 
     def _loss_D(self, nets, batch, ctx):
         G, D, w = nets["G"], nets["D"], self.model.aux_weight
@@ -60,8 +42,8 @@ class ACGAN(DirectGAN):
         with torch.no_grad(), ctx.amp():
             fake = G(self.z(real.shape[0], real.device), y)
         with ctx.amp():
-            real_logit, real_cls = (t.float() for t in D(real, aux=True))
-            fake_logit, fake_cls = (t.float() for t in D(fake, aux=True))
+            real_logit, real_cls = (t.float() for t in D(real, head=True))
+            fake_logit, fake_cls = (t.float() for t in D(fake, head=True))
             adv = losses.d_loss(self.cfg.loss.kind, real_logit, fake_logit)
             aux = F.cross_entropy(real_cls, y) + F.cross_entropy(fake_cls, y)
         acc = (real_cls.argmax(1) == y).float().mean()
@@ -73,7 +55,7 @@ class ACGAN(DirectGAN):
         G, D, w = nets["G"], nets["D"], self.model.aux_weight
         y = batch["cls"]
         with ctx.amp():
-            logit, cls = (t.float() for t in D(G(self.z(len(y), ctx.device), y), aux=True))
+            logit, cls = (t.float() for t in D(G(self.z(len(y), ctx.device), y), head=True))
             adv = losses.g_loss(self.cfg.loss.kind, logit)
             aux = F.cross_entropy(cls, y)
         return adv + w * aux, {"loss_g": adv.detach(), "aux_g": aux.detach()}

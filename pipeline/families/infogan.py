@@ -8,16 +8,13 @@ continuous ones: a Gaussian of unit variance); G minimises its loss plus the sam
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from models import dcgan
-from models.layers import maybe_sn
 from pipeline.data.fields import Image
 from pipeline.engine import losses
 from pipeline.evaluation.metrics import register as register_metric
@@ -48,23 +45,6 @@ class InfoGANConfig(dcgan.DCGANConfig):
         return sum(self.cat_codes) + self.cont_codes
 
 
-class InfoDiscriminator(nn.Module):
-    """DCGAN's D plus Q on the same features. D(x) -> logit; D(x, q=True) -> (logit, code preds)."""
-
-    def __init__(self, cfg: InfoGANConfig):
-        super().__init__()
-        base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(dcgan.DCGANConfig)}
-        self.body = dcgan.Discriminator(dcgan.DCGANConfig(**base))
-        w = self.body.out.in_features
-        self.q = nn.Sequential(maybe_sn(nn.Linear(w, 128), cfg.spectral_norm), nn.LeakyReLU(0.2),
-                               nn.Linear(128, cfg.code_dim))
-
-    def forward(self, x, y=None, q: bool = False):
-        h = self.body.features(x).flatten(1)
-        logit = self.body.out(h).squeeze(1)
-        return (logit, self.q(h)) if q else logit
-
-
 @register("infogan", InfoGANConfig)
 class InfoGAN(DirectGAN):
     @property
@@ -78,10 +58,9 @@ class InfoGAN(DirectGAN):
 
     def build(self):
         m = self.model
-        g = dataclasses.replace(dcgan.DCGANConfig(**{f.name: getattr(m, f.name)
-                                                     for f in dataclasses.fields(dcgan.DCGANConfig)}),
-                                z_dim=m.z_dim + m.code_dim)
-        return {"G": dcgan.Generator(g), "D": InfoDiscriminator(m)}
+        # G sees noise and codes as one vector; D(x, head=True) -> (logit, Q's code predictions)
+        return {"G": dcgan.Generator(dcgan.base_config(m, z_dim=m.z_dim + m.code_dim)),
+                "D": dcgan.HeadedDiscriminator(m, m.code_dim, hidden=128)}
 
     def optimizer_groups(self):
         o = self.cfg.optim
@@ -112,7 +91,7 @@ class InfoGAN(DirectGAN):
             fake = G(self._g_input(x))
         with ctx.amp():
             real_logit = D(real).float()
-            fake_logit, pred = D(fake, q=True)
+            fake_logit, pred = D(fake, head=True)
             adv = losses.d_loss(self.cfg.loss.kind, real_logit, fake_logit.float())
         info, s = self._info(pred, x)
         stats = {"loss_d": adv.detach(), "d_real": real_logit.mean().detach(),
@@ -123,7 +102,7 @@ class InfoGAN(DirectGAN):
         G, D = nets["G"], nets["D"]
         x = self.draw(batch["image"].shape[0], ctx.device)
         with ctx.amp():
-            logit, pred = D(G(self._g_input(x)), q=True)
+            logit, pred = D(G(self._g_input(x)), head=True)
             adv = losses.g_loss(self.cfg.loss.kind, logit.float())
         info, s = self._info(pred, x)
         return adv + self.model.info_weight * info, {"loss_g": adv.detach(), **s}
