@@ -55,3 +55,28 @@ def test_pickle_payload_is_refused_not_executed(tmp_path, monkeypatch):
     with pytest.raises(checkpoint.CheckpointError, match="refused"):
         checkpoint.load(d)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_local_resume_skips_a_corrupt_newest_checkpoint_and_names_both(tmp_path, capsys):
+    from pipeline.engine.context import LocalContext
+
+    class Cfg:   # what LocalContext reads of a config
+        class train:
+            keep_checkpoints = 3
+    run = tmp_path / "run"
+    for step in (2, 4):
+        checkpoint.save({"step": step}, run / f"checkpoint_{step:07d}")
+    state = run / "checkpoint_0000004" / checkpoint.STATE
+    state.write_bytes(state.read_bytes()[:-8] + b"\x00" * 8)
+    with LocalContext(Cfg, run).restore() as s:
+        assert s["step"] == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_0000004 failed its integrity check" in err and "checkpoint_0000002" in err
+    older = run / "checkpoint_0000002" / checkpoint.STATE
+    older.write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        with LocalContext(Cfg, run).restore():
+            pass
+    msg = str(e.value)
+    assert "no intact checkpoint" in msg and "checkpoint_0000004" in msg and "checkpoint_0000002" in msg
+    assert "--resume-from" in msg

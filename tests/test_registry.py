@@ -341,3 +341,39 @@ def test_pickle_payload_in_weights_is_refused_not_executed(tmp_path, monkeypatch
         GM.load_folder(d)
     fails(cli("sample", str(d), "--out", str(tmp_path / "g.png")), str(d / "weights.pt"), "refused to load")
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "g.png").exists()
+
+
+PORTABLE = r"""
+import json, site, sys
+# No site processing (-S): the editable install's .pth finder never runs, and the checkout is
+# not on sys.path; the venv's packages (mlflow, torch) are added as plain folders.
+sys.path += [p for p in json.loads(sys.argv[2])]
+try:
+    import pipeline  # noqa: F401
+    raise SystemExit("the ganforge checkout is importable; the test proves nothing")
+except ImportError:
+    pass
+import mlflow, numpy as np
+m = mlflow.pyfunc.load_model(sys.argv[1])
+out = m.predict({"n": 3, "seed": 4, "class": 2.0})
+import pipeline
+assert "/code/pipeline" in pipeline.__file__, pipeline.__file__     # the code shipped with the model
+np.save(sys.argv[3], out)
+"""
+
+
+def test_registered_model_loads_where_ganforge_cannot_be_imported(reg, env_uri, tmp_path):
+    import site
+    import subprocess
+    import sys
+
+    model = Path(mlflow.artifacts.download_artifacts(reg.champion, dst_path=str(tmp_path / "model")))
+    names = [ln.split("==")[0] for ln in (model / "requirements.txt").read_text().split()]
+    assert (model / "code" / "pipeline" / "families" / "generator.py").is_file()
+    assert "ganforge" not in names and {"mlflow", "torch", "numpy", "pyyaml"} <= set(names)
+    out = subprocess.run([sys.executable, "-S", "-c", PORTABLE, reg.champion, json.dumps(site.getsitepackages()),
+                          str(tmp_path / "out.npy")], cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": env_uri, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    want = registry.load_generator(reg.champion).sample(3, seed=4, fixed={"cls": 2})
+    assert np.array_equal(np.load(tmp_path / "out.npy"), want.permute(0, 2, 3, 1).numpy())

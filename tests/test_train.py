@@ -78,11 +78,18 @@ def test_worker_failure_restores_then_a_rerun_resumes(ray_session, smoke_shards,
     # Step 6 is reported only by the restarted group: the failure came before its report.
     assert [st for st, _ in _history(s, "loss_d")] == [2, 4, 6, 8]
 
-    # Re-running the same run name with more steps continues the finished run.
+    # Re-running the same run name with more steps continues the finished run, even when its
+    # newest checkpoint (step 8) was corrupted on disk meanwhile: the rerun warns and resumes from
+    # the intact step-4 one instead of failing after its restarts.
+    newest = Path(s.checkpoint) / checkpoint.STATE
+    blob = bytearray(newest.read_bytes())
+    blob[1000:1064] = bytes(b ^ 0xFF for b in blob[1000:1064])
+    newest.write_bytes(bytes(blob))
     d = C.to_dict(cfg)
     more = C.from_dict({**d, "train": {**d["train"], "steps": 12, "inject_failure_at": None}})
     second = run_training(more)
     assert second.mlflow_run_id == s.mlflow_run_id       # same MLflow run, one curve
     assert second.steps == 12
-    assert [st for st, _ in _history(second, "loss_d")] == [2, 4, 6, 8, 10, 12]
+    # Steps 6 and 8 come again: the rerun continued from step 4.
+    assert [st for st, _ in _history(second, "loss_d")] == [2, 4, 6, 8, 6, 8, 10, 12]
     assert checkpoint.load(second.checkpoint)["step"] == 12

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 
-from pipeline.data.shards import DataError
+from pipeline.data.errors import DataError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 

@@ -19,14 +19,12 @@ import torch
 from webdataset.gopen import gopen
 from webdataset.writer import TarWriter
 
+from pipeline.data.errors import DataError  # noqa: F401  (re-exported: callers catch it from here)
+
 MANIFEST = "manifest.json"
 # A fixed integer mtime keeps tarfile from writing a pax header per member (PLATFORM_NOTES: about
 # half the read cost) and makes shards byte-reproducible, so the manifest sha256 is a fingerprint.
 MTIME = 0
-
-
-class DataError(ValueError):
-    """A data problem; the message names the shard, key or path involved."""
 
 
 def _encode(key: str, image, fmt: str) -> tuple[str, bytes]:

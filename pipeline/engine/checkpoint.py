@@ -121,3 +121,28 @@ def unpack(state: dict, where: str = "checkpoint") -> dict:
     raise CheckpointError(f"{where}: checkpoint format {fmt!r} with keys {sorted(state)[:8]} is not one "
                           f"this ganforge reads (format 1 or {FORMAT}); resume it with the ganforge "
                           "version that wrote it, or start a new run")
+
+
+def load_newest_intact(candidates: list, open_dir, map_location="cpu", warn=print) -> dict | None:
+    """The newest candidate that passes its integrity check. `candidates` are newest first;
+    `open_dir(c)` is a context manager yielding a local folder for candidate c. A corrupt one is
+    skipped with a warning naming it and the one used instead; none intact raises one error that
+    lists them all and says how to start from a chosen one."""
+    bad, name = [], lambda c: getattr(c, "path", c)   # a Ray Checkpoint or a folder
+    for c in candidates:
+        try:
+            with open_dir(c) as d:
+                state = load(d, map_location=map_location)
+        except CheckpointError as e:
+            bad.append((name(c), str(e)))
+            continue
+        for b, why in bad:
+            warn(f"checkpoint {b} failed its integrity check ({why.split(': ', 1)[-1][:160]}); "
+                 f"resuming from the newest intact one, {name(c)}")
+        return state
+    if bad:
+        listed = "; ".join(f"{b} ({why.split(': ', 1)[-1][:120]})" for b, why in bad)
+        raise CheckpointError(f"no intact checkpoint to resume from: {listed}. Start a new run "
+                              "(another train.run_name), or start from a folder you trust with "
+                              "--resume-from CKPT_DIR")
+    return None

@@ -85,9 +85,12 @@ class LocalContext:
 
     @contextlib.contextmanager
     def restore(self):
-        have = checkpoints(Path(self.run_dir))
-        src = str(have[-1]) if have else self.resume_from
-        yield checkpoint.load(src, map_location=self.device) if src else None
+        """The newest intact checkpoint in run_dir (a corrupt newer one is skipped with a
+        warning), else `resume_from`, else None."""
+        have = [str(p) for p in reversed(checkpoints(Path(self.run_dir)))] or (
+            [self.resume_from] if self.resume_from else [])
+        warn = lambda m: print(f"[ganforge] warning: {m}", file=sys.stderr, flush=True)  # noqa: E731
+        yield checkpoint.load_newest_intact(have, contextlib.nullcontext, self.device, warn)
 
     def wrap(self, module):
         return module

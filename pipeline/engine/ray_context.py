@@ -7,6 +7,7 @@ run name) or the driver's `resume_from`.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import ray.train
 import ray.train.torch
@@ -15,6 +16,8 @@ import torch.distributed as dist
 
 from pipeline import config as C
 from pipeline.engine import checkpoint, loop
+
+log = logging.getLogger("ganforge.train")
 
 
 class RayContext:
@@ -31,14 +34,18 @@ class RayContext:
 
     @contextlib.contextmanager
     def restore(self):
+        """Ray Train's latest checkpoint; if it fails its integrity check, the newest intact one
+        beside it in the run's storage (with a warning naming both); else `resume_from`."""
         ckpt = ray.train.get_checkpoint()
-        if ckpt is not None:
-            with ckpt.as_directory() as d:
-                yield checkpoint.load(d, map_location=self.device)
-        elif self.resume_from:
-            yield checkpoint.load(self.resume_from, map_location=self.device)
-        else:
-            yield None
+        if ckpt is None:
+            yield checkpoint.load(self.resume_from, map_location=self.device) if self.resume_from else None
+            return
+
+        def warn(m):
+            if self.rank == 0:
+                log.warning(m)
+                print(f"[ganforge] warning: {m}", flush=True)
+        yield checkpoint.load_newest_intact(_newest_first(ckpt), lambda c: c.as_directory(), self.device, warn)
 
     def wrap(self, module):
         # No buffer sync per forward: D runs twice (real, fake) per backward and rank 0's BN/SN
@@ -72,6 +79,20 @@ class RayContext:
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _newest_first(latest: ray.train.Checkpoint) -> list:
+    """Ray Train's latest checkpoint, then the other finished checkpoints of the same run, newest
+    first (its folders are named checkpoint_<timestamp>, so names sort by time)."""
+    import pyarrow.fs as pafs
+
+    parent = latest.path.rstrip("/").rsplit("/", 1)[0]
+    infos = latest.filesystem.get_file_info(pafs.FileSelector(parent))
+    older = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.path.rstrip("/") != latest.path.rstrip("/")),
+                   reverse=True)
+    return [latest] + [ray.train.Checkpoint(p, filesystem=latest.filesystem) for p in older
+                       if p < latest.path]
 
 
 class _Progress:

@@ -27,6 +27,7 @@ from pipeline.families import generator as GM
 from pipeline.engine.checkpoint import sha256_file
 
 CODE = Path(__file__).with_name("generator_pyfunc.py")
+ROOT = Path(__file__).resolve().parents[2]      # holds the pipeline/ and models/ packages
 MODEL_NAME = "generator"       # the logged model's name inside its run
 
 
@@ -40,6 +41,16 @@ def _flavors(pt2: Path):
                                 pytorch_version=str(torch.__version__))
         mlflow_model.save(str(Path(path) / "MLmodel"))
     return types.SimpleNamespace(__name__="mlflow.pyfunc", save_model=save_model)
+
+
+def requirements() -> list[str]:
+    """What the shipped code needs from the public index to load and sample: the generator path
+    imports torch, numpy and pyyaml only (pipeline.data resolves its heavy parts lazily)."""
+    from importlib import metadata
+
+    def pin(dist: str) -> str:
+        return f"{dist}=={metadata.version(dist).split('+')[0]}"
+    return [pin("mlflow"), pin("torch"), pin("numpy"), pin("pandas"), pin("pyyaml")]
 
 
 def code_columns(m: dict) -> list[str]:
@@ -80,7 +91,9 @@ def log_generator(client: MlflowClient, gen: GM.Generator, cfg: C.Config, *, ste
             python_model=str(CODE), signature=sig, input_example=example,
             artifacts={"manifest": str(folder / GM.MANIFEST), "weights": str(folder / GM.WEIGHTS),
                        "config": str(folder / GM.CONFIG)},
-            # Listed, not inferred: inference reloads the model in a subprocess (slow).
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                              "pyyaml", "numpy", "pandas", f"ganforge=={m['ganforge_version']}"])
+            # The code travels with the model (MLflow puts code/ first on sys.path when it
+            # loads), so it loads where ganforge is not installed; requirements are the public
+            # packages that code imports (listed, not inferred: inference reloads the model).
+            code_paths=[str(ROOT / "pipeline"), str(ROOT / "models")],
+            pip_requirements=requirements())
         return info.model_uri, m
