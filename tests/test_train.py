@@ -28,13 +28,14 @@ def _artifacts(s, path):
     return [a.path for a in MlflowClient(s.tracking_uri).list_artifacts(s.mlflow_run_id, path)]
 
 
-def test_train_tracks_everything(ray_session, smoke_shards, tmp_path):
+def test_train_tracks_everything(ray_session, smoke_shards, tmp_path, capfd):
     # One run checks tracking and the in-loop evaluation (every Ray fit costs ~20 s of start-up
     # on 2 cores): FID/KID/coverage on the EMA generator every 4 steps, best checkpoint kept.
     s = run_training(_cfg(tmp_path, "eval.every=4", "eval.metrics=[fid,kid,coverage]", "eval.n_fake=64",
                           "eval.n_real=128", "eval.kid_subsets=4", "eval.kid_subset_size=32",
                           "eval.batch_size=16"))
     assert s.steps == 8
+    assert "Reporting training result" not in "".join(capfd.readouterr())   # Ray's per-report lines
     client = MlflowClient(s.tracking_uri)
     run = client.get_run(s.mlflow_run_id)
     assert run.info.status == "FINISHED"

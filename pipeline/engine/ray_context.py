@@ -114,8 +114,20 @@ class _Progress:
         self.bar.close()
 
 
+def _quiet_ray_reports() -> None:
+    """Ray Train 2.60 logs every report (about 300 characters) at INFO on a logger named by its
+    file path, which RunConfig's LoggingConfig does not reach; on the driver's terminal they
+    bury the progress bar. Ray's log files keep everything at WARNING and above."""
+    try:
+        from ray.train.v2._internal.execution import context as ray_train_context
+    except ImportError:      # another Ray layout: nothing to quiet
+        return
+    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict) -> dict:
     """Ray Train's worker function: a thin adapter from the driver's loop config to the engine."""
+    _quiet_ray_reports()
     cfg = C.from_dict(loop_config["config"])
     data = {"urls": loop_config["shard_urls"], "counts": loop_config.get("shard_counts")}
     return loop.run(cfg, RayContext(loop_config), data, loop_config.get("eval"))
