@@ -69,3 +69,20 @@ def test_format_1_checkpoint_resumes_through_the_engine(tmp_path, smoke_shards):
         assert "format 7" in str(e) and "ckpt/" in str(e)
     else:
         raise AssertionError("an unknown format must be refused")
+
+
+def test_evaluate_scores_the_images_sample_writes(tmp_path):
+    from pipeline.data.datasets.shapestack import oracle
+    from pipeline.evaluation.metrics import collect
+    from pipeline.evaluation.metrics.protocol import EvalConfig
+
+    cfg = C.load("quickstart")
+    fam = families.of(cfg)
+    torch.manual_seed(0)
+    gen = GM.Generator(fam, {"G": fam.build()["G"]}, cfg)
+    for batch in (64, 16):                       # evaluate's batch size does not change the images
+        _, part = collect.evaluate(gen, ["coverage"], cfg=EvalConfig(n_fake=100, batch_size=batch, seed=5,
+                                                                     truncation=0.9), oracle=oracle)
+        images = gen.sample(100, seed=5, truncation=0.9)
+        assert (part.glyphs == oracle(images.float() / 127.5 - 1)).all()
+        assert (part.labels == torch.arange(100) % 10).all()

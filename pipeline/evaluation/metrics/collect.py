@@ -49,13 +49,16 @@ def fake_partial(G, extractor, start: int, stop: int, *, keep: set[str], seed: i
     else its first categorical code (InfoGAN), for the metrics that compare them to the oracle.
     """
     from pipeline.families.generator import as_generator
+    from pipeline.families.sampling import to_uint8
 
     gen = as_generator(G)
     part = Partial(start=start)
     for lo, hi in _batches(start, stop, batch_size):
         images, inputs = gen.batch(lo, hi, seed=seed, truncation=truncation)
         y = gen.labels(inputs)
-        _add(part, images.float().clamp(-1, 1), extractor, keep & _have(y), y, oracle)
+        # Scored as the uint8 images `ganforge sample` writes, not the floats before rounding.
+        images = to_uint8(images).float() / 127.5 - 1
+        _add(part, images, extractor, keep & _have(y), y, oracle)
     return part.flush()
 
 
