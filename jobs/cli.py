@@ -36,20 +36,21 @@ def cmd_quickstart(args) -> int:
 
 def cmd_shards(args) -> int:
     from pipeline.data import datasets
-    from pipeline.data import write_shards
-    from pipeline.data.datasets import folder
 
     if args.from_folder:
-        manifest = write_shards(folder.samples(args.from_folder, resolution=args.resolution),
-                                args.out, resolution=args.resolution,
-                                classes=folder.classes(args.from_folder), source=str(args.from_folder),
-                                fmt=args.format, shard_size=args.shard_size)
+        from pipeline.data.convert import convert_folder
+
+        manifest = convert_folder(args.from_folder, args.out, resolution=args.resolution, seed=args.seed,
+                                  fmt=args.format, shard_size=args.shard_size, workers=args.workers,
+                                  strict=args.strict, unlabelled=args.unlabelled)
     else:
         manifest = datasets.build_builtin(args.builtin, args.out, resolution=args.resolution,
                                           n=args.n, shard_size=args.shard_size, seed=args.seed,
                                           fmt=args.format)
+    classes = f"{manifest['num_classes']} classes" if manifest["num_classes"] else "unlabelled"
+    rejected = f", {manifest['rejected']} files rejected" if manifest.get("rejected") else ""
     print(f"wrote {manifest['samples']} samples in {len(manifest['shards'])} shards to {args.out} "
-          f"({manifest['num_classes']} classes, {manifest['resolution']} px, {manifest['format']})")
+          f"({classes}, {manifest['resolution']} px, {manifest['format']}{rejected})")
     return 0
 
 
@@ -93,16 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--address")
     q.set_defaults(func=cmd_quickstart)
 
-    s = sub.add_parser("shards", help="write WebDataset shards from a class-per-folder tree or a built-in set")
+    s = sub.add_parser("shards", help="write WebDataset shards from an image folder or a built-in set")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-folder", help="folder with one subfolder of images per class")
+    src.add_argument("--from-folder", metavar="DIR",
+                     help="image folder: DIR/<class>/.../img.png (class = first-level folder) or images "
+                          "directly in DIR (unlabelled); unreadable files are skipped and listed in "
+                          "OUT/rejected.txt")
     src.add_argument("--builtin", choices=["shapestack", "digits"])
     s.add_argument("--out", required=True)
     s.add_argument("--resolution", type=int, default=32)
     s.add_argument("--n", type=int, default=10000, help="samples (shapestack only)")
     s.add_argument("--shard-size", type=int, default=1000)
     s.add_argument("--format", choices=["png", "jpg"], default="png")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0,
+                   help="--from-folder: the seeded order samples are written in; --builtin: generation")
+    s.add_argument("--workers", type=int, default=None,
+                   help="--from-folder: processes that decode, resize and encode (default: the cores); "
+                        "the output is the same for any number")
+    s.add_argument("--strict", action="store_true",
+                   help="--from-folder: stop at the first unreadable file instead of skipping it")
+    s.add_argument("--unlabelled", action="store_true",
+                   help="--from-folder: every image at any depth, without classes")
     s.set_defaults(func=cmd_shards)
 
     from jobs import eval_cli, jobs_cli, registry_cli, tune_cli
