@@ -21,6 +21,18 @@ def ganforge_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def small_extractor(ganforge_home):
+    """The offline extractor at its default path, fitted once per session in 80 steps (~3 s;
+    glyph accuracy > 0.8) instead of the 400 the first in-loop evaluation would fit (~15 s):
+    the evaluation tests check plumbing and agreement, not the extractor's quality."""
+    from pipeline.evaluation.extractors import small
+
+    path = small.default_path()
+    meta = small.fit(path, steps=80, seed=0, n_train=1536, log=None)
+    return path, meta
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import socket

@@ -86,10 +86,8 @@ def test_random_inception_is_never_standard():
 
 
 @pytest.fixture(scope="module")
-def small_weights(tmp_path_factory):
-    out = tmp_path_factory.mktemp("small") / "small.pt"
-    meta = small.fit(out, steps=80, seed=0, n_train=1536, log=None)
-    return out, meta
+def small_weights(small_extractor):
+    return small_extractor        # conftest: fitted once per session, 80 steps
 
 
 def test_small_extractor_fit_writes_weights_and_metadata(small_weights):
