@@ -3,6 +3,7 @@ install runs `ganforge tune --space smoke_gp --dry-run` without the checkout on 
 from __future__ import annotations
 
 import json
+import shutil
 import site
 import subprocess
 import sys
@@ -23,8 +24,15 @@ sys.exit(main(["tune", "smoke", "--space", "smoke_gp", "--trials", "2", "--dry-r
 
 
 def test_wheel_holds_presets_and_spaces_and_tune_dry_runs_from_it(tmp_path):
+    # Built from a copy: an in-place build leaves build/ and *.egg-info in the checkout.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "pipeline", "models", "jobs"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                         if (ROOT / name).is_dir() else {}))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("ganforge-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
