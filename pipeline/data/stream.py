@@ -317,7 +317,6 @@ class _ShardDataset(IterableDataset):
                                nw=self.nw, shuffle_buffer=self.shuffle_buffer)
         watch = _PassWatch(stream.sizes, stream.window)
         dead: set[str] = set()   # shards known to hold no usable sample
-        example = None           # (url, key, members, why) of the latest unusable sample
         self._blank = torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8)
         samples = stream.samples(base_epoch, consumed)
         names = [name for _, name, *_ in self._plan]
@@ -326,6 +325,16 @@ class _ShardDataset(IterableDataset):
             # batch therefore ends on the same sample as a one-by-one loop would (exact resume).
             columns = [[] for _ in names]
             n, skipped, converted, bad = 0, 0, 0, []
+
+            def reject(ep, url, key, members, why):
+                """Count a sample that cannot be used; raise once a whole pass found none usable."""
+                nonlocal skipped
+                skipped += 1
+                if len(bad) < _MAX_BAD_KEYS:
+                    bad.append(f"{url}#{key}")
+                dead_epoch = watch.unusable(ep)
+                if dead_epoch is not None:
+                    self._dead_pass(stream, dead_epoch, dead, (url, key, members, why))
             while n < self.batch_size:
                 todo, items = [], []
                 for _ in range(self.batch_size - n):
@@ -337,13 +346,7 @@ class _ShardDataset(IterableDataset):
                         todo.append((epoch, url, key, members, values, images))
                         items.extend(item for _, item in images)
                         continue
-                    skipped += 1
-                    if len(bad) < _MAX_BAD_KEYS:
-                        bad.append(f"{url}#{key}")
-                    example = (url, key, members, parsed)
-                    dead_epoch = watch.unusable(epoch)
-                    if dead_epoch is not None:
-                        self._dead_pass(stream, dead_epoch, dead, example)
+                    reject(epoch, url, key, members, parsed)
                 decoded = iter(decode_many(items, self.resolution, self.policy) if items else ())
                 for ep, u, k, m, values, images in todo:  # not `epoch`: state reports the last read
                     ok, conv = True, False
@@ -362,13 +365,7 @@ class _ShardDataset(IterableDataset):
                         converted += conv
                         watch.usable(ep)
                         continue
-                    skipped += 1
-                    if len(bad) < _MAX_BAD_KEYS:
-                        bad.append(f"{u}#{k}")
-                    example = (u, k, m, why)
-                    dead_epoch = watch.unusable(ep)
-                    if dead_epoch is not None:
-                        self._dead_pass(stream, dead_epoch, dead, example)
+                    reject(ep, u, k, m, why)
             state = {"worker": w, "base_epoch": base_epoch, "consumed": consumed, "epoch": epoch}
             out = {}
             for (_, name, kind, *_), column in zip(self._plan, columns):
