@@ -92,8 +92,9 @@ class _Data:
 
     def open(self, batch_size: int) -> None:
         """(Re)open the stream; it continues after the last sample this rank used."""
-        from pipeline.data import RankStream
+        from pipeline.data import RankStream, to_float
 
+        self.to_float = to_float
         if self.stream is not None:
             self.stream.close()
         d = self.cfg.data
@@ -113,8 +114,7 @@ class _Data:
         out = {}
         for k, v in b.fields.items():
             if k in self.image_fields:
-                from pipeline.data import to_float
-                v = to_float(v.to(self.device, non_blocking=True))
+                v = self.to_float(v.to(self.device, non_blocking=True))
                 if self.nhwc:
                     v = v.contiguous(memory_format=torch.channels_last)
             elif isinstance(v, torch.Tensor):

@@ -85,9 +85,8 @@ class Generator:
     def batch(self, start: int, stop: int, *, seed: int = 0, truncation: float | None = None,
               fixed: dict | None = None) -> tuple[torch.Tensor, dict]:
         """(float [-1, 1] images, their CPU inputs) of samples [start, stop)."""
-        imgs = sampling.images(self.family, self.nets, start, stop, seed=seed, truncation=truncation,
-                               fixed=fixed)
-        return imgs, sampling.inputs(self.specs, start, stop, seed=seed, truncation=truncation, fixed=fixed)
+        x = sampling.inputs(self.specs, start, stop, seed=seed, truncation=truncation, fixed=fixed)
+        return sampling.images(self.family, self.nets, start, stop, given=x), x
 
     def sample(self, n: int, seed: int = 0, truncation: float | None = None,
                fixed: dict | None = None) -> torch.Tensor:

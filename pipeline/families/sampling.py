@@ -107,12 +107,13 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def images(family, nets, start: int, stop: int, *, seed: int = 0, truncation: float | None = None,
-           fixed: dict | None = None, device=None) -> torch.Tensor:
+           fixed: dict | None = None, device=None, given: dict | None = None) -> torch.Tensor:
     """float [-1, 1] images of samples [start, stop) from `family.generate(nets, ...)`, generated
-    in CHUNK-aligned chunks on the nets' device (eval mode, restored after)."""
+    in CHUNK-aligned chunks on the nets' device (eval mode, restored after). `given`: the inputs
+    of [start, stop) when the caller already drew them (they are the same for the same seed)."""
     if stop <= start:
         raise ValueError(f"n: {stop - start} must be >= 1")
-    specs = family.inputs()
+    given = given or inputs(family.inputs(), start, stop, seed=seed, truncation=truncation, fixed=fixed)
     modules = list(nets.values())
     device = device or next(modules[0].parameters()).device
     modes = [m.training for m in modules]
@@ -122,8 +123,7 @@ def images(family, nets, start: int, stop: int, *, seed: int = 0, truncation: fl
         out, lo = [], start
         while lo < stop:
             hi = min(stop, (lo // CHUNK + 1) * CHUNK)
-            x = {k: v.to(device) for k, v in inputs(specs, lo, hi, seed=seed, truncation=truncation,
-                                                     fixed=fixed).items()}
+            x = {k: v[lo - start:hi - start].to(device) for k, v in given.items()}
             out.append(family.generate(nets, x).float())
             lo = hi
     finally:
