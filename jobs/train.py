@@ -79,7 +79,8 @@ def _init_ray(address: str | None) -> None:
     ray.init(address=address, logging_level="WARNING", configure_logging=True)
 
 
-def run_training(cfg: C.Config, *, resume_from: str | None = None) -> TrainSummary:
+def run_training(cfg: C.Config, *, resume_from: str | None = None, verbose: bool = False) -> TrainSummary:
+    """`verbose` keeps Ray's own log lines (worker prefixes, per-report INFO) on the terminal."""
     import ray.train
 
     t0 = time.time()

@@ -35,7 +35,7 @@ def init_ray(address: str | None) -> None:
     ray.init(include_dashboard=True, dashboard_port=port, logging_level="WARNING", configure_logging=True)
 
 
-def run_study(study: Study, *, resume: bool = False) -> StudyResult:
+def run_study(study: Study, *, resume: bool = False, verbose: bool = False) -> StudyResult:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
