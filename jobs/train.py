@@ -67,7 +67,7 @@ def _shards(cfg: C.Config) -> tuple[list[str], dict | None, str]:
     return urls, manifest, spec
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, verbose: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
@@ -76,12 +76,83 @@ def _init_ray(address: str | None) -> None:
         # Local Ray: poll workers faster than the 2 s default; small runs finish ~2x sooner.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(address=address, logging_level="WARNING", configure_logging=True)
+        if not verbose:
+            # Ray warns at every local start that token auth (its default) is on. Setting
+            # RAY_AUTH_MODE=token instead fails in 2.60 (the GCS rejects its own driver).
+            import logging
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(address=address, logging_level="INFO" if verbose else "WARNING", configure_logging=True)
+
+
+def quiet_driver(verbose: bool) -> None:
+    """MLflow logs its database setup and model validation at INFO and draws a bar per artifact
+    download; the run's summary says what matters. --verbose keeps them."""
+    if verbose:
+        return
+    import importlib
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")   # read when mlflow is first imported
+    importlib.import_module("mlflow")   # configures its loggers: the level set below then sticks
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+class DriverProgress:
+    """The driver's progress line for a Ray Train run: polls the progress file rank 0 rewrites
+    at every report (pipeline/engine/ray_context.py) and draws it with ProgressLine. A thread,
+    so `trainer.fit()` keeps the main thread; a file, so no extra Ray actor (a process) is needed
+    and it works wherever the run folder is (local, NFS, s3://)."""
+
+    def __init__(self, run_dir: str, total: int):
+        import threading
+
+        from pipeline.engine.progress import PROGRESS_FILE, ProgressLine
+
+        self.path = S.join(run_dir, PROGRESS_FILE)
+        self.line, self.total = ProgressLine(total), total
+        self.stale = S.read_text(self.path)     # a resumed run's last report is not news
+        self.interval = 2.0 if S.is_uri(run_dir) else 0.5
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll_until_done, daemon=True, name="ganforge-progress")
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join(timeout=5)
+        if exc[0] is None:
+            self.poll()                          # the last report, even if it came in the last interval
+        self.line.close()
+
+    def _poll_until_done(self) -> None:
+        while not self.done.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        try:
+            text = S.read_text(self.path)
+        except OSError:
+            return
+        if text is None or text == self.stale:
+            return
+        self.stale = text
+        try:
+            d = json.loads(text)
+        except ValueError:                       # caught mid-write; the next poll reads it whole
+            self.stale = None
+            return
+        self.line.show(int(d["step"]), d.get("metrics", {}))
 
 
 def run_training(cfg: C.Config, *, resume_from: str | None = None, verbose: bool = False) -> TrainSummary:
-    """`verbose` keeps Ray's own log lines (worker prefixes, per-report INFO) on the terminal."""
+    """One Ray Train run, tracked in MLflow. The terminal shows one progress line, warnings and
+    errors; `verbose` keeps Ray's and MLflow's own INFO lines as well."""
     import ray.train
+
+    quiet_driver(verbose)
 
     t0 = time.time()
     urls, manifest, spec = _shards(cfg)
@@ -106,11 +177,16 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None, verbose: bool
         S.write_text(link, json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}))
     S.write_text(S.join(run_dir, "resolved_config.yaml"), C.dump_yaml(cfg))
 
-    _init_ray(cfg.scaling.address)
+    where = f"Ray at {cfg.scaling.address}" if cfg.scaling.address else "a local Ray"
+    print(f"[ganforge] run {run_name}: {cfg.train.steps} steps on {cfg.scaling.num_workers} workers "
+          f"({where}); MLflow run {run_id}", flush=True)
+    _init_ray(cfg.scaling.address, verbose)
     trainer = build_trainer(cfg, urls=urls, manifest=manifest, run_name=run_name, storage=storage,
-                            tracking_uri=uri, mlflow_run_id=run_id, resume_from=resume_from, spec=spec)
+                            tracking_uri=uri, mlflow_run_id=run_id, resume_from=resume_from, spec=spec,
+                            verbose=verbose)
     try:
-        result = trainer.fit()
+        with DriverProgress(run_dir, cfg.train.steps):
+            result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         tracking.end_run(uri, run_id, ok=False)
         # The worker's own exception (DataError, CheckpointError...) is the last line that says
@@ -173,7 +249,8 @@ def _register(ckpt_dir: str, cfg: C.Config, uri: str, run_id: str) -> str | None
 
 def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_name: str,
                   storage: str | Path, tracking_uri: str, mlflow_run_id: str,
-                  resume_from: str | None = None, callbacks: list | None = None, spec: str = ""):
+                  resume_from: str | None = None, callbacks: list | None = None, spec: str = "",
+                  verbose: bool = False):
     """The TorchTrainer for one run; shared by `run_training` and each Tune trial."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -189,6 +266,7 @@ def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_
             "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id,
             "run_dir": S.join(str(storage), run_name), "resume_from": resume_from,
             "eval": evaluation.prepare(cfg, urls, manifest, spec) if cfg.eval.every else None,
+            "verbose": verbose,
         },
         scaling_config=ray.train.ScalingConfig(
             # A (min, max) tuple is Ray Train's elastic mode: restart with fewer workers on node loss.
@@ -198,7 +276,7 @@ def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=str(storage), callbacks=callbacks,
             # Per-report INFO lines would bury the progress bar; Ray's log files keep them.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
     )

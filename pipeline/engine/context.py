@@ -11,7 +11,6 @@ import contextlib
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -48,21 +47,6 @@ class LocalTracker:
         keys = metric_keys(results, protocol.extractor, protocol.standard, "eval")
         self._append({"step": step, **keys, **protocol.tags()})
         return keys
-
-
-class PrintProgress:
-    """One line per report: step, losses, img/s."""
-
-    def __init__(self, total: int, start: int, out=sys.stdout):
-        self.total, self.out, self.t0 = total, out, time.perf_counter()
-
-    def show(self, step: int, m: dict) -> None:
-        losses = " ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()) if k.startswith("loss"))
-        print(f"step {step}/{self.total} {losses} {m.get('images_per_s', 0):.0f} img/s", file=self.out,
-              flush=True)
-
-    def close(self) -> None:
-        pass
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -106,7 +90,8 @@ class LocalContext:
             print(f"[ganforge] {text}", flush=True)
 
     def progress(self, total: int, start: int):
-        return None if self.quiet else PrintProgress(total, start)
+        from pipeline.engine.progress import ProgressLine
+        return None if self.quiet else ProgressLine(total, out=sys.stdout)
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self.reports.append(dict(metrics))

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from pipeline import config as C
 from pipeline.engine import checkpoint, loop
+from pipeline.engine.progress import PROGRESS_FILE
 
 log = logging.getLogger("ganforge.train")
 
@@ -74,7 +75,7 @@ class RayContext:
         print(f"[ganforge] {text}", flush=True)
 
     def progress(self, total: int, start: int):
-        return _Progress(total, start)
+        return _ProgressFile(self.run_dir, total)
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -95,23 +96,27 @@ def _newest_first(latest: ray.train.Checkpoint) -> list:
                        if p < latest.path]
 
 
-class _Progress:
-    """Steps, losses, images/s and ETA on the driver's terminal (Ray's tqdm draws a worker's bar there)."""
+class _ProgressFile:
+    """Rank 0's latest report in the run folder, for the driver's progress line (jobs/train.py):
+    a worker's own bar would reach the driver's terminal through Ray's log monitor, prefixed
+    with its pid and re-printed. One small write per report, on the run's storage."""
 
-    def __init__(self, total: int, start: int):
-        from ray.experimental.tqdm_ray import tqdm
-        self.bar, self.n = tqdm(total=total, desc="train", unit="step"), 0
-        self.show(start, {})
+    def __init__(self, run_dir: str, total: int):
+        from pipeline.tracking import storage
+        self.write, self.path, self.total = storage.write_text, storage.join(run_dir, PROGRESS_FILE), total
 
     def show(self, step: int, m: dict) -> None:
-        if m:
-            self.bar.set_description(f"train loss_d={m.get('loss_d', 0):.3f} "
-                                     f"loss_g={m.get('loss_g', 0):.3f} {m.get('images_per_s', 0):.0f} img/s")
-        self.bar.update(step - self.n)
-        self.n = step
+        import json
+        import time
+        values = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+        try:
+            self.write(self.path, json.dumps({"step": step, "total": self.total, "time": time.time(),
+                                              "metrics": values}))
+        except OSError as e:        # progress display must never fail a training run
+            log.warning("could not write %s: %s", self.path, e)
 
     def close(self) -> None:
-        self.bar.close()
+        pass
 
 
 def _quiet_ray_reports() -> None:
@@ -127,7 +132,8 @@ def _quiet_ray_reports() -> None:
 
 def train_loop_per_worker(loop_config: dict) -> dict:
     """Ray Train's worker function: a thin adapter from the driver's loop config to the engine."""
-    _quiet_ray_reports()
+    if not loop_config.get("verbose"):
+        _quiet_ray_reports()
     cfg = C.from_dict(loop_config["config"])
     data = {"urls": loop_config["shard_urls"], "counts": loop_config.get("shard_counts")}
     return loop.run(cfg, RayContext(loop_config), data, loop_config.get("eval"))

@@ -8,10 +8,12 @@ goes through pipeline.families.generator.load_folder: sha256 checks, then weight
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -127,7 +129,13 @@ def register_checkpoint(ckpt_dir: str | Path, *, tracking_uri: str | None = None
                 "ganforge.weights_sha256": m["files"][GM.WEIGHTS], "ganforge.resolution": str(m["resolution"]),
                 "ganforge.num_classes": str(m["num_classes"]),
                 **(run_lineage(client, run_id) if lineage is None else lineage)}
-        mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+        # register_model prints "Registered model ... already exists" and "Created version ..."
+        # straight to stderr; callers print the version they got. Anything else it says passes.
+        with contextlib.redirect_stderr(io.StringIO()) as said:
+            mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+        for line in said.getvalue().splitlines():
+            if line.strip() and not line.startswith(("Registered model", "Created version", "Successfully registered")):
+                print(line, file=sys.stderr)
         if alias:
             client.set_registered_model_alias(name, alias, mv.version)
         return client.get_model_version(name, mv.version)
