@@ -88,3 +88,60 @@ def test_cli_missing_shards_fail_before_ray(capsys, tmp_path, monkeypatch):
     assert cli.main(["train", "smoke", f"data.shards={missing}"]) == 1
     err = capsys.readouterr().err
     assert "shard-000000.tar" in err and "DataError" in err
+
+
+def test_all_presets_load_and_roundtrip():
+    for p in sorted(C.PRESET_DIR.glob("*.yaml")):
+        cfg = C.load(p.stem)
+        assert C.from_dict(C.to_dict(cfg)) == cfg, p.stem
+
+
+def test_ints_become_floats_and_lists_tuples():
+    d = C.to_dict(C.load("smoke"))
+    d["scaling"]["cpus_per_worker"] = 3
+    d["optim"]["betas"] = [0, 0.5]
+    d["eval"]["metrics"] = ["fid"]
+    cfg = C.from_dict(d)
+    assert cfg.scaling.cpus_per_worker == 3.0 and type(cfg.scaling.cpus_per_worker) is float
+    assert cfg.optim.betas == (0.0, 0.5) and all(type(b) is float for b in cfg.optim.betas)
+    assert cfg.eval.metrics == ("fid",)
+    assert C.from_dict(C.to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.run_name=2024-01-01", "train.run_name: expected plain data"),   # a YAML date
+    ("eval.metrics=[fid, 2024-01-01]", "eval.metrics[1]: expected plain data"),
+    ("optim=3", "optim: expected a mapping, got 3"),
+    ("train=[1, 2]", "train: expected a mapping, got [1, 2]"),
+    ("train.steps=abc", "train.steps: expected an integer, got 'abc'"),
+    ("train.steps=3.0", "train.steps: expected an integer, got 3.0"),
+    ("loss.gp_weight=true", "loss.gp_weight: expected a number, got True"),
+    ("train.inject_failure_at=x", "train.inject_failure_at: expected an integer (or null), got 'x'"),
+    ("loss.kind=softmax", "loss.kind: must be one of ['minimax', 'nonsaturating', 'hinge', "
+                          "'wasserstein', 'least_squares'], got 'softmax'"),
+    ("optim.betas=[0.5]", "optim.betas: expected 2 items, got 1"),
+    ("optim.betas=[0.5, x]", "optim.betas[1]: expected a number, got 'x'"),
+    ("train.stepz=3", "train.stepz: unknown key (known: batch_size, checkpoint_every, "),
+    ("train.steps=0", "train.steps: must be >= 1"),          # a section's own check, unprefixed
+    ("model.resolution=48", "model.resolution: 48 must be"),  # the model config's, prefixed
+])
+def test_error_messages(override, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load("smoke", [override])
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_unknown_key_reported_before_other_errors():
+    with pytest.raises(C.ConfigError, match=r"^train\.stepz: unknown key"):
+        C.load("smoke", ["train.steps=abc", "train.stepz=1"])
+
+
+def test_models_import_without_pydantic():
+    # The model configs are plain stdlib dataclasses; only pipeline.config knows pydantic.
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, models, models.dcgan, models.biggan, models.biggan_deep, models.progan; "
+            "assert 'pydantic' not in sys.modules, 'models imported pydantic'")
+    root = Path(C.__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

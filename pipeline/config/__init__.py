@@ -3,13 +3,17 @@
 Config flows one way: the driver loads and validates it, then hands `to_dict(cfg)` to every
 worker, which rebuilds it with `from_dict`. Nothing writes back into it.
 
-The validator is hand-written (about 100 lines) on purpose: model configs are stdlib dataclasses
-that must import with torch alone (the GPU benchmark path has no pydantic), and we want strict
-types (no silent "3" -> 3.0 coercion from YAML) with errors that name the dotted key.
+Validation is pydantic's strict mode, run on the config dataclasses through `TypeAdapter`: strict
+types (no silent "3" -> 3 coercion from YAML, ints still taken for floats and lists for tuples)
+and every error a ConfigError that starts with the dotted key. The dataclasses stay plain stdlib
+ones, not pydantic models: the model configs live next to their networks in models/, which must
+import with torch alone (the GPU benchmark path has no pydantic); pipeline.config alone knows
+pydantic.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic
 import yaml
 
 from pipeline.evaluation.metrics.protocol import EvalConfig
@@ -178,77 +183,132 @@ class Config:
 
 # ---------------------------------------------------------------- validation
 
-def _typename(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against annotation `tp`; return it (tuples from lists, ints as floats)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {_typename(tp)}, got {value!r}")
-    if origin is Literal:
-        _check(value in typing.get_args(tp), key,
-               f"must be one of {list(typing.get_args(tp))}, got {value!r}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        _check(len(value) == len(args), key, f"expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict or tp is dict:
-        _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is bool:
-        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key,
-               f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
-               f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported annotation {tp}")
-
-
-def _build(cls, data: Any, prefix: str):
-    """Build dataclass `cls` from a mapping, rejecting unknown keys by their dotted name."""
-    _check(isinstance(data, dict), prefix or "<root>", f"expected a mapping, got {data!r}")
+def _field_types(cls) -> dict[str, Any]:
+    """Annotations of the dataclass `cls`'s init fields (no ClassVars)."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    for k in data:
-        if k not in names:
-            where = f"{prefix}.{k}" if prefix else k
-            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _forbid_extra(tp: Any) -> None:
+    """Make pydantic reject unknown keys of every dataclass in annotation `tp`, nested ones too.
+
+    pydantic ignores extra keys of a stdlib dataclass unless the class carries
+    `__pydantic_config__`. It is set here, from outside, because the classes stay plain stdlib
+    dataclasses: the model configs live in models/, which must import without pydantic.
+    """
+    if dataclasses.is_dataclass(tp) and "__pydantic_config__" not in vars(tp):
+        tp.__pydantic_config__ = {"extra": "forbid"}
+        for sub in _field_types(tp).values():
+            _forbid_extra(sub)
+    for arg in typing.get_args(tp):
+        _forbid_extra(arg)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(tp: Any) -> pydantic.TypeAdapter:
+    """One TypeAdapter per annotation, built on first use: from_dict runs once per Tune trial."""
+    _forbid_extra(tp)
+    return pydantic.TypeAdapter(tp)
+
+
+def _non_optional(tp: Any) -> tuple[Any, bool]:
+    """(X, True) for `X | None`, else (`tp`, False)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0], True
+    return tp, False
+
+
+def _walk(tp: Any, prefix: str, loc: tuple) -> tuple[str, Any]:
+    """The dotted key of pydantic error location `loc` in a `tp` at `prefix`, and the annotation
+    there (None past the known fields, as at an unknown key)."""
+    key = prefix
+    for part in loc:
+        inner = _non_optional(tp)[0]
+        if isinstance(part, int):               # a tuple item
+            args = typing.get_args(inner) if typing.get_origin(inner) is tuple else ()
+            key, tp = f"{key}[{part}]", (args[0] if args[-1:] == (Ellipsis,) else
+                                         args[part] if part < len(args) else None)
+        else:
+            key = f"{key}.{part}" if key else str(part)
+            tp = _field_types(inner).get(part) if dataclasses.is_dataclass(inner) else None
+    return key, tp
+
+
+_EXPECTED = {
+    "int_type": "an integer", "float_type": "a number", "bool_type": "true/false",
+    "string_type": "a string", "tuple_type": "a list", "list_type": "a list",
+    "dataclass_type": "a mapping", "dataclass_args_type": "a mapping", "dict_type": "a mapping",
+}
+
+
+def _message(err: dict, tp: Any, prefix: str) -> str:
+    """A pydantic error (validating `tp` at `prefix`) as "dotted.key: problem"."""
+    kind, loc, value = err["type"], err["loc"], err.get("input")
+    if kind in ("value_error", "assertion_error"):
+        # A __post_init__ check. The sections' own raise ConfigError with the full dotted key;
+        # model configs raise ValueError("field: problem"), relative to their section.
+        e = err.get("ctx", {}).get("error", err["msg"])
+        key = _walk(tp, prefix, loc)[0]
+        return str(e) if isinstance(e, ConfigError) else f"{key}.{e}" if key else str(e)
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        kind, loc = "too_short", loc[:-1]       # a short list for a fixed-length tuple
+    key, at = _walk(tp, prefix, loc)
+    at, nullable = _non_optional(at)
+    or_null = " (or null)" if nullable else ""
+    if kind == "unexpected_keyword_argument":
+        parent = _non_optional(_walk(tp, prefix, loc[:-1])[1])[0]
+        known = sorted(_field_types(parent)) if dataclasses.is_dataclass(parent) else []
+        return f"{key}: unknown key (known: {', '.join(known)})"
+    if kind == "literal_error":
+        choices = (list(typing.get_args(at)) if typing.get_origin(at) is Literal
+                   else err["ctx"]["expected"])
+        return f"{key}: must be one of {choices}{or_null}, got {value!r}"
+    if kind in ("too_short", "too_long"):
+        return f"{key}: expected {len(typing.get_args(at))} items, got {len(value)}"
+    if kind == "missing":
+        return f"{key}: required, not set"
+    if kind in _EXPECTED:
+        return f"{key}: expected {_EXPECTED[kind]}{or_null}, got {value!r}"
+    return f"{key}: {err['msg']}, got {value!r}"
+
+
+def _unjsonable(x: Any, key: str) -> tuple[str, Any] | None:
+    """(dotted key, value) of the first thing in `x` that JSON cannot carry (a YAML date, ...)."""
+    plain = (str, int, float, bool, type(None))
+    if isinstance(x, dict):
+        items = [(f"{key}.{k}" if key else str(k), k if not isinstance(k, plain) else v)
+                 for k, v in x.items()]
+    elif isinstance(x, (list, tuple)):
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(x)]
+    else:
+        return None if isinstance(x, plain) else (key, x)
+    return next(filter(None, (_unjsonable(v, k) for k, v in items)), None)
+
+
+def _validate(tp: Any, value: Any, key: str) -> Any:
+    """`value` (plain YAML data) validated as annotation `tp`, in pydantic's strict JSON mode.
+
+    Strict JSON mode is exactly the config's rule: no "3" -> 3, 1.5 -> int or "yes" -> bool, but
+    ints are taken for floats (and become floats) and lists for tuples (and become tuples).
+    """
     try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        # Model configs raise "field: problem" so the dotted key can be named here.
-        raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
+        blob = json.dumps(value)
+    except (TypeError, ValueError):
+        where, bad = _unjsonable(value, key) or (key, value)
+        raise ConfigError(f"{where}: expected plain data (a string, number, true/false, null, "
+                          f"list or mapping), got {bad!r}") from None
+    try:
+        return _adapter(tp).validate_json(blob, strict=True)
+    except pydantic.ValidationError as e:
+        # The first error, unknown keys first: a misspelt key often explains the rest.
+        errors = sorted(e.errors(include_url=False),
+                        key=lambda err: err["type"] != "unexpected_keyword_argument")
+        raise ConfigError(_message(errors[0], tp, key)) from None
+    except TypeError as e:        # a __post_init__ that failed on its own, not on a value
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def from_dict(d: dict) -> Config:
@@ -260,12 +320,12 @@ def from_dict(d: dict) -> Config:
 
     _check(name in families.names(), "model.name",
            f"unknown model {name!r} (known: {', '.join(families.names())})")
-    model_cfg = _build(families.config_class(name), model, "model")
+    model_cfg = _validate(families.config_class(name), model, "model")
     hints = typing.get_type_hints(Config)
     for k in d:
         _check(k in hints and k != "model", k,
                f"unknown section (known: model, {', '.join(s for s in hints if s != 'model')})")
-    kwargs = {k: _coerce(v, hints[k], k) for k, v in d.items()}
+    kwargs = {k: _validate(hints[k], v, k) for k, v in d.items()}
     cfg = Config(model=model_cfg, **kwargs)
     _cross_check(cfg)
     return cfg
