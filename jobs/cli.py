@@ -1,55 +1,151 @@
-"""`ganforge` command line: parse, validate, --dry-run, launch. Heavy imports happen per command."""
+"""`ganforge` command line: one click group, one error policy. Heavy imports happen per command.
+
+The commands live beside what they drive (train, quickstart and shards here; the registry, eval,
+tune and Ray Jobs commands in jobs/*_cli.py, each listing its own in COMMANDS) and join the group
+on first use. main() turns every expected failure into one stderr line and an exit code:
+
+    0  success
+    2  usage errors (unknown option, missing argument, bad choice) and config errors
+    1  runtime failures: data, checkpoints, generators, training, MLflow, files, other ValueErrors
+  130  interrupted (Ctrl-C)
+
+Anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
+
+import click
 
 from pipeline import config as C
 
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_MODULES = ("jobs.registry_cli", "jobs.eval_cli", "jobs.tune_cli", "jobs.jobs_cli")
 
-def _load(args) -> C.Config:
+# Shared by train, quickstart, tune and submit. `k=v` overrides may sit anywhere on the line: click
+# collects every positional that does not start with '-' into OVERRIDES, before or after options.
+overrides_argument = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+verbose_option = click.option("--verbose", "-v", is_flag=True,
+                              help="show Ray's own log lines (worker prefixes, per-report INFO) as well")
+dry_run_option = click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+
+
+class _Group(click.Group):
+    """Adds the per-module commands on first use (those modules import this one for the shared
+    options above) and lists commands in the order they were added, not alphabetically."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for name in _MODULES:
+                for cmd in importlib.import_module(name).COMMANDS:
+                    self.add_command(cmd)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return list(self.commands)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group("ganforge", cls=_Group, context_settings=CONTEXT)
+def ganforge() -> None:
+    """Distributed GAN training on Ray."""
+
+
+def _train(config: str, overrides: tuple[str, ...], *, dry_run: bool, address: str | None,
+           resume_from: str | None = None, local: str | None = None, device: str = "cpu",
+           verbose: bool = False) -> int:
     # --address is a shorthand for the scaling.address override (new settings live in config).
-    extra = [f"scaling.address={args.address}"] if getattr(args, "address", None) else []
-    return C.load(args.config, [*args.overrides, *extra])
-
-
-def cmd_train(args) -> int:
-    cfg = _load(args)
-    if args.dry_run:
+    cfg = C.load(config, [*overrides, *([f"scaling.address={address}"] if address else [])])
+    if dry_run:
         print(C.dump_yaml(cfg), end="")
         return 0
-    if args.local:
+    if local:
         from jobs.train import run_local
-        run_local(cfg, args.local, device=args.device, resume_from=args.resume_from)
+        run_local(cfg, local, device=device, resume_from=resume_from)
         return 0
     from jobs.train import run_training
-    s = run_training(cfg, resume_from=args.resume_from)
-    _print_summary(s)
+    _print_summary(run_training(cfg, resume_from=resume_from, verbose=verbose))
     return 0
 
 
-def cmd_quickstart(args) -> int:
-    args.config = "quickstart"
-    args.resume_from = args.local = None
-    return cmd_train(args)
+@ganforge.command(short_help="train from a YAML preset or file plus key=value overrides")
+@click.argument("config")
+@overrides_argument
+@dry_run_option
+@click.option("--address", help="join this Ray cluster instead of starting a local one")
+@click.option("--resume-from", help="start from this checkpoint folder (weights, optimizers, step)")
+@click.option("--local", metavar="DIR", help="run the engine in this process, without Ray or MLflow: "
+              "metrics.jsonl, grids and checkpoints in DIR (rerun = resume)")
+@click.option("--device", default="cpu", help="torch device for --local, e.g. cuda")
+@verbose_option
+def train(config, overrides, dry_run, address, resume_from, local, device, verbose) -> int:
+    """Train from a YAML preset or file plus key=value overrides.
+
+    CONFIG is a preset name (see jobs/configs) or the path to a YAML file; KEY=VALUE are dotted
+    overrides, e.g. train.steps=200 loss.kind=hinge, before or after the options.
+    """
+    return _train(config, overrides, dry_run=dry_run, address=address, resume_from=resume_from,
+                  local=local, device=device, verbose=verbose)
 
 
-def cmd_shards(args) -> int:
-    from pipeline.data import datasets
+@ganforge.command(short_help="build shapestack shards if missing and train the small preset")
+@overrides_argument
+@dry_run_option
+@click.option("--address", help="join this Ray cluster instead of starting a local one")
+@verbose_option
+def quickstart(overrides, dry_run, address, verbose) -> int:
+    """Build shapestack shards if missing and train the small preset (`train quickstart`).
 
-    if args.from_folder:
+    KEY=VALUE are dotted overrides, e.g. train.steps=500.
+    """
+    return _train("quickstart", overrides, dry_run=dry_run, address=address, verbose=verbose)
+
+
+@ganforge.command(short_help="write WebDataset shards from an image folder or built-in set")
+@click.option("--from-folder", metavar="DIR",
+              help="image folder: DIR/<class>/.../img.png (class = first-level folder) or images "
+                   "directly in DIR (unlabelled); unreadable files are skipped and listed in "
+                   "OUT/rejected.txt")
+@click.option("--builtin", type=click.Choice(["shapestack", "digits"]))
+@click.option("--out", required=True)
+@click.option("--resolution", type=int, default=32)
+@click.option("--n", type=int, default=10000, help="samples (shapestack only)")
+@click.option("--shard-size", type=int, default=1000)
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png")
+@click.option("--seed", type=int, default=0,
+              help="--from-folder: the seeded order samples are written in; --builtin: generation")
+@click.option("--workers", type=int, default=None,
+              help="--from-folder: processes that decode, resize and encode (default: the cores); "
+                   "the output is the same for any number")
+@click.option("--strict", is_flag=True,
+              help="--from-folder: stop at the first unreadable file instead of skipping it")
+@click.option("--unlabelled", is_flag=True, help="--from-folder: every image at any depth, without classes")
+def shards(from_folder, builtin, out, resolution, n, shard_size, fmt, seed, workers, strict,
+           unlabelled) -> int:
+    """Write WebDataset shards from an image folder (--from-folder) or a built-in set (--builtin)."""
+    if bool(from_folder) == bool(builtin):
+        raise click.UsageError("give exactly one of --from-folder DIR or --builtin NAME")
+    if from_folder:
         from pipeline.data.convert import convert_folder
 
-        manifest = convert_folder(args.from_folder, args.out, resolution=args.resolution, seed=args.seed,
-                                  fmt=args.format, shard_size=args.shard_size, workers=args.workers,
-                                  strict=args.strict, unlabelled=args.unlabelled)
+        manifest = convert_folder(from_folder, out, resolution=resolution, seed=seed, fmt=fmt,
+                                  shard_size=shard_size, workers=workers, strict=strict,
+                                  unlabelled=unlabelled)
     else:
-        manifest = datasets.build_builtin(args.builtin, args.out, resolution=args.resolution,
-                                          n=args.n, shard_size=args.shard_size, seed=args.seed,
-                                          fmt=args.format)
+        from pipeline.data import datasets
+
+        manifest = datasets.build_builtin(builtin, out, resolution=resolution, n=n,
+                                          shard_size=shard_size, seed=seed, fmt=fmt)
     classes = f"{manifest['num_classes']} classes" if manifest["num_classes"] else "unlabelled"
     rejected = f", {manifest['rejected']} files rejected" if manifest.get("rejected") else ""
-    print(f"wrote {manifest['samples']} samples in {len(manifest['shards'])} shards to {args.out} "
+    print(f"wrote {manifest['samples']} samples in {len(manifest['shards'])} shards to {out} "
           f"({classes}, {manifest['resolution']} px, {manifest['format']}{rejected})")
     return 0
 
@@ -73,69 +169,54 @@ def _print_summary(s) -> None:
         print(f"  browse        : {s.tracking_uri}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ganforge", description="Distributed GAN training on Ray.")
-    sub = p.add_subparsers(dest="command", required=True)
+# --- the one error policy ------------------------------------------------------------------------
 
-    t = sub.add_parser("train", help="train from a YAML preset or file plus key=value overrides")
-    t.add_argument("config", help="preset name (see jobs/configs) or path to a YAML file")
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 loss.kind=hinge")
-    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    t.add_argument("--address", help="join this Ray cluster instead of starting a local one")
-    t.add_argument("--resume-from", help="start from this checkpoint folder (weights, optimizers, step)")
-    t.add_argument("--local", metavar="DIR", help="run the engine in this process, without Ray or MLflow: "
-                                                   "metrics.jsonl, grids and checkpoints in DIR (rerun = resume)")
-    t.add_argument("--device", default="cpu", help="torch device for --local, e.g. cuda")
-    t.set_defaults(func=cmd_train)
+def _mlflow_error(e: BaseException) -> bool:
+    # Only an imported mlflow can have raised one: looking it up here costs no import.
+    mod = sys.modules.get("mlflow.exceptions")
+    return mod is not None and isinstance(e, mod.MlflowException)
 
-    q = sub.add_parser("quickstart", help="build shapestack shards if missing and train the small preset")
-    q.add_argument("overrides", nargs="*")
-    q.add_argument("--dry-run", action="store_true")
-    q.add_argument("--address")
-    q.set_defaults(func=cmd_quickstart)
 
-    s = sub.add_parser("shards", help="write WebDataset shards from an image folder or a built-in set")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-folder", metavar="DIR",
-                     help="image folder: DIR/<class>/.../img.png (class = first-level folder) or images "
-                          "directly in DIR (unlabelled); unreadable files are skipped and listed in "
-                          "OUT/rejected.txt")
-    src.add_argument("--builtin", choices=["shapestack", "digits"])
-    s.add_argument("--out", required=True)
-    s.add_argument("--resolution", type=int, default=32)
-    s.add_argument("--n", type=int, default=10000, help="samples (shapestack only)")
-    s.add_argument("--shard-size", type=int, default=1000)
-    s.add_argument("--format", choices=["png", "jpg"], default="png")
-    s.add_argument("--seed", type=int, default=0,
-                   help="--from-folder: the seeded order samples are written in; --builtin: generation")
-    s.add_argument("--workers", type=int, default=None,
-                   help="--from-folder: processes that decode, resize and encode (default: the cores); "
-                        "the output is the same for any number")
-    s.add_argument("--strict", action="store_true",
-                   help="--from-folder: stop at the first unreadable file instead of skipping it")
-    s.add_argument("--unlabelled", action="store_true",
-                   help="--from-folder: every image at any depth, without classes")
-    s.set_defaults(func=cmd_shards)
-
-    from jobs import eval_cli, jobs_cli, registry_cli, tune_cli
-    registry_cli.add_commands(sub)
-    eval_cli.add_commands(sub)
-    tune_cli.add_commands(sub)
-    jobs_cli.add_commands(sub)
-    return p
+def _fail(where: str, message: str, code: int) -> int:
+    line = "; ".join(s.strip() for s in str(message).splitlines() if s.strip())
+    print(f"{where}: {line}", file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`ganforge ARGV` -> exit code (0 ok, 2 usage or config error, 1 runtime failure, 130 Ctrl-C);
+    a failure is one line on stderr, `ganforge COMMAND: what went wrong`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The group has no options of its own, so the first word that is not an option is the command.
+    where = " ".join(["ganforge", *[a for a in argv if not a.startswith("-")][:1]])
     try:
-        return args.func(args)
-    except C.ConfigError as e:
-        print(f"ganforge: config error: {e}", file=sys.stderr)
+        rc = ganforge.main(args=argv, prog_name="ganforge", standalone_mode=False)
+        return 0 if rc is None else int(rc)
+    except click.exceptions.NoArgsIsHelpError as e:      # bare `ganforge`: the help, as a usage error
+        print(e.ctx.get_help(), file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # DataError, CheckpointError and friends: one line that names the thing.
-        print(f"ganforge: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    except click.ClickException as e:                   # UsageError, BadParameter, NoSuchOption, ...
+        ctx = getattr(e, "ctx", None)
+        if ctx is None:
+            return _fail(where, e.format_message(), e.exit_code)
+        msg = e.format_message().rstrip()
+        msg += "" if msg.endswith((".", "?", "!")) else "."
+        return _fail(ctx.command_path, f"{msg} Try '{ctx.command_path} --help'.", e.exit_code)
+    except click.Abort as e:                            # click's wrapping of Ctrl-C (and EOF on a prompt)
+        return 130 if isinstance(e.__cause__, KeyboardInterrupt) else _fail(where, "aborted", 1)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as e:                             # click exits on a broken stdout pipe
+        return e.code if isinstance(e.code, int) else 1
+    except C.ConfigError as e:                          # before ValueError: it is one
+        return _fail(where, f"config error: {e}", 2)
+    except (ValueError, OSError, RuntimeError) as e:    # DataError, CheckpointError, GeneratorError,
+        return _fail(where, str(e) or type(e).__name__, 1)   # TrainingError, SubmitError, ...
+    except Exception as e:
+        if _mlflow_error(e):                            # anything the registry layer did not translate
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            return _fail(where, f"MLflow: {first[:300]}", 1)
+        raise                                           # a bug: keep the traceback
 
 
 if __name__ == "__main__":

@@ -1,52 +1,33 @@
-"""`ganforge fit-extractor` and `ganforge evaluate`. Wired into jobs/cli.py by add_commands()."""
+"""`ganforge fit-extractor` and `ganforge evaluate` (COMMANDS, added to the group in jobs/cli.py)."""
 from __future__ import annotations
 
-import argparse
 import re
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+import click
 
-def add_commands(sub) -> None:
-    f = sub.add_parser("fit-extractor", help="train the small offline feature extractor "
-                       "(ganforge-small-shapestack) on built-in shapestack, CPU, < 1 min")
-    f.add_argument("--out", help="weights file (default $GANFORGE_HOME/extractors/ganforge-small-shapestack.pt)")
-    f.add_argument("--steps", type=int, default=400)
-    f.add_argument("--seed", type=int, default=0)
-    f.set_defaults(func=cmd_fit_extractor)
 
-    e = sub.add_parser("evaluate", help="score a generator: checkpoint DIR, MLflow RUN_ID or models:/ URI")
-    e.add_argument("target", help="checkpoint folder (state.pt + meta.json), MLflow run id, or models:/NAME@alias")
-    e.add_argument("--metrics", default="fid,kid,coverage", help="comma-separated; known: see --list-metrics")
-    e.add_argument("--n", type=int, default=10000, help="generated images")
-    e.add_argument("--n-real", type=int, help="real images for the reference (default: all)")
-    e.add_argument("--extractor", default="ganforge-small-shapestack",
-                   help="ganforge-small-shapestack | inception-v3-tf-2015-12-05 | a weights file")
-    e.add_argument("--inception-weights", help="file, folder or URL of pt_inception-2015-12-05-6726825d.pth")
-    e.add_argument("--data", help="real data shard spec (default: the run config's data)")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--truncation", type=float)
-    e.add_argument("--no-ema", action="store_true", help="evaluate the raw G instead of G_ema")
-    e.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    e.add_argument("--log", action="store_true", help="log scores and protocol tags into the MLflow run (RUN_ID only)")
-    e.set_defaults(func=cmd_evaluate)
+@click.command("fit-extractor", short_help="train the small offline feature extractor (CPU, < 1 min)")
+@click.option("--out", help="weights file (default $GANFORGE_HOME/extractors/ganforge-small-shapestack.pt)")
+@click.option("--steps", type=int, default=400)
+@click.option("--seed", type=int, default=0)
+def fit_extractor(out, steps, seed) -> int:
+    """Train the small offline feature extractor (ganforge-small-shapestack) on built-in
+    shapestack, CPU, < 1 min."""
+    from pipeline.evaluation.extractors import small
+
+    meta = small.fit(out, steps=steps, seed=seed)
+    path = Path(out) if out else small.default_path()
+    print(f"wrote {path} ({meta['name']}, sha256 {meta['sha256'][:16]}..., held-out glyph accuracy "
+          f"{meta['glyph_accuracy']:.4f}, {meta['seconds']:.0f} s)")
+    return 0
 
 
 def _cuda() -> bool:
     import torch
     return torch.cuda.is_available()
-
-
-def cmd_fit_extractor(args) -> int:
-    from pipeline.evaluation.extractors import small
-
-    meta = small.fit(args.out, steps=args.steps, seed=args.seed)
-    out = Path(args.out) if args.out else small.default_path()
-    print(f"wrote {out} ({meta['name']}, sha256 {meta['sha256'][:16]}..., held-out glyph accuracy "
-          f"{meta['glyph_accuracy']:.4f}, {meta['seconds']:.0f} s)")
-    return 0
 
 
 class Target(NamedTuple):
@@ -104,13 +85,13 @@ def _registered(target: str, ema: bool, tracking_uri: str | None) -> Target:
     return Target(G, cfg, mv.run_id if mv else None, step, (mv.name, str(mv.version)) if mv else None)
 
 
-def _real_data(args, cfg):
+def _real_data(data: str | None, cfg):
     """-> (shard urls, per-shard counts or None, manifest sha, source, resolution)."""
     import hashlib
 
     from pipeline.data import resolve_shards
 
-    spec = args.data or (cfg.data.shards if cfg else None)
+    spec = data or (cfg.data.shards if cfg else None)
     if spec is None:
         if cfg is None:
             raise ValueError("no real data: pass --data (the target carries no config)")
@@ -127,47 +108,69 @@ def _real_data(args, cfg):
     return urls, None, "spec-" + hashlib.sha256(spec.encode()).hexdigest(), spec, res
 
 
-def cmd_evaluate(args) -> int:
+@click.command(short_help="score a generator: checkpoint DIR, RUN_ID or models:/ URI")
+@click.argument("target")
+@click.option("--metrics", "metric_names", default="fid,kid,coverage",
+              help="comma-separated: fid, fid_per_class, kid, pr, is, coverage "
+                   "(an unknown name fails, listing the known)")
+@click.option("--n", type=int, default=10000, help="generated images")
+@click.option("--n-real", type=int, help="real images for the reference (default: all)")
+@click.option("--extractor", default="ganforge-small-shapestack",
+              help="ganforge-small-shapestack | inception-v3-tf-2015-12-05 | a weights file")
+@click.option("--inception-weights", help="file, folder or URL of pt_inception-2015-12-05-6726825d.pth")
+@click.option("--data", help="real data shard spec (default: the run config's data)")
+@click.option("--batch-size", type=int, default=64)
+@click.option("--seed", type=int, default=0)
+@click.option("--truncation", type=float)
+@click.option("--no-ema", is_flag=True, help="evaluate the raw G instead of G_ema")
+@click.option("--device", help="torch device (default: cuda when available, else cpu)")
+@click.option("--log", is_flag=True, help="log scores and protocol tags into the MLflow run (RUN_ID only)")
+def evaluate(target, metric_names, n, n_real, extractor, inception_weights, data, batch_size, seed,
+             truncation, no_ema, device, log) -> int:
+    """Score a generator: TARGET is a checkpoint folder (state.pt + meta.json), an MLflow run id,
+    or models:/NAME@alias."""
     from pipeline.evaluation import metrics
     from pipeline.evaluation.extractors import load_extractor
     from pipeline.evaluation.metrics import collect, reference
     from pipeline.evaluation.metrics.protocol import EvalConfig, Protocol
 
-    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    unknown = [n for n in names if n not in metrics.list_metrics()]
+    names = [m.strip() for m in metric_names.split(",") if m.strip()]
+    unknown = [m for m in names if m not in metrics.list_metrics()]
     if unknown:   # fail before any work
-        raise ValueError(f"--metrics: unknown {', '.join(unknown)} (known: {', '.join(metrics.list_metrics())})")
-    ecfg = EvalConfig(metrics=tuple(names), n_fake=args.n, n_real=args.n_real, extractor=args.extractor,
-                      inception_weights=args.inception_weights, batch_size=args.batch_size,
-                      seed=args.seed, truncation=args.truncation, ema=not args.no_ema)
-    G, cfg, run_id, step, version = load_generator(args.target, ema=ecfg.ema)
-    G.to(args.device)
+        raise click.BadParameter(f"unknown {', '.join(unknown)} (known: {', '.join(metrics.list_metrics())})",
+                                 param_hint="'--metrics'")
+    device = device or ("cuda" if _cuda() else "cpu")
+    ecfg = EvalConfig(metrics=tuple(names), n_fake=n, n_real=n_real, extractor=extractor,
+                      inception_weights=inception_weights, batch_size=batch_size,
+                      seed=seed, truncation=truncation, ema=not no_ema)
+    G, cfg, run_id, step, version = load_generator(target, ema=ecfg.ema)
+    G.to(device)
     needs = metrics.needs(names)
-    extractor = None
+    feats = None
     if needs & {"features", "logits", "real_stats", "real_features"}:
-        extractor = load_extractor(ecfg.extractor, weights=ecfg.inception_weights, device=args.device)
+        feats = load_extractor(ecfg.extractor, weights=ecfg.inception_weights, device=device)
     oracle = None
     if "glyphs" in needs:
-        if cfg is not None and (cfg.data.shards or cfg.data.builtin != "shapestack") and not args.data:
+        if cfg is not None and (cfg.data.shards or cfg.data.builtin != "shapestack") and not data:
             print("ganforge: warning: coverage assumes shapestack images; this run's data may not be")
         from pipeline.data.datasets.shapestack import oracle
     ref = None
     if needs & {"real_stats", "real_features"}:
-        urls, counts, sha, source, res = _real_data(args, cfg)
+        urls, counts, sha, source, res = _real_data(data, cfg)
         batches = reference.shard_batches(urls, res, batch_size=ecfg.batch_size, stop=ecfg.n_real, counts=counts)
-        ref = reference.reference_stats(batches, extractor, manifest_sha=sha, resolution=res, source=source,
+        ref = reference.reference_stats(batches, feats, manifest_sha=sha, resolution=res, source=source,
                                         limit=ecfg.n_real, keep=metrics.real_keep(names))
-    results, _ = collect.evaluate(G, names, extractor=extractor, ref=ref, cfg=ecfg, oracle=oracle)
-    proto = Protocol.of(extractor, ref, n_fake=ecfg.n_fake, truncation=ecfg.truncation, ema=ecfg.ema, seed=ecfg.seed)
+    results, _ = collect.evaluate(G, names, extractor=feats, ref=ref, cfg=ecfg, oracle=oracle)
+    proto = Protocol.of(feats, ref, n_fake=ecfg.n_fake, truncation=ecfg.truncation, ema=ecfg.ema, seed=ecfg.seed)
     keys = metrics.metric_keys(results, proto.extractor, proto.standard)
     width = max(map(len, keys), default=0)
     for k, v in keys.items():
         print(f"{k:<{width}}  {v:.6g}")
     for k, v in proto.tags().items():
         print(f"  {k} = {v}")
-    if extractor is not None and not extractor.standard:
-        print(f"  (features from {extractor.name}: not comparable with standard Inception FIDs)")
-    if args.log:
+    if feats is not None and not feats.standard:
+        print(f"  (features from {feats.name}: not comparable with standard Inception FIDs)")
+    if log:
         if run_id is None:
             raise ValueError("--log needs a RUN_ID or models:/ target (it logs into that run)")
         from mlflow.tracking import MlflowClient
@@ -184,13 +187,4 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    """Standalone entry until jobs/cli.py calls add_commands()."""
-    p = argparse.ArgumentParser(prog="ganforge")
-    add_commands(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+COMMANDS = [fit_extractor, evaluate]

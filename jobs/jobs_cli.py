@@ -1,26 +1,45 @@
-"""`ganforge submit` and `ganforge jobs list|status|logs|stop`: Ray Jobs from the command line."""
+"""`ganforge submit` and `ganforge jobs list|status|logs|stop`: Ray Jobs from the command line
+(COMMANDS, added to the group in jobs/cli.py)."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 
+import click
+
+from jobs.cli import overrides_argument, verbose_option
 from pipeline import config as C
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def cmd_submit(args) -> int:
+@click.command("submit", short_help="run `ganforge train CONFIG` as a Ray Job on a cluster")
+@click.argument("config")
+@overrides_argument
+@click.option("--address", help="the cluster's dashboard, http://HOST:8265 (through a tunnel); "
+              "default $RAY_API_SERVER_ADDRESS")
+@click.option("--no-wait", is_flag=True, help="print the job id and return")
+@click.option("--follow", is_flag=True, help="stream the logs until the job ends (default)")
+@verbose_option
+def submit_cmd(config, overrides, address, no_wait, follow, verbose) -> int:
+    """Run `ganforge train CONFIG` as a Ray Job on a cluster.
+
+    CONFIG is a preset name or YAML file, resolved and validated here; KEY=VALUE are dotted
+    overrides, e.g. train.steps=20000, before or after the options. --verbose is passed on to
+    the job's `ganforge train`.
+    """
     from jobs import submit as S
 
+    if no_wait and follow:
+        raise click.UsageError("--no-wait and --follow exclude each other")
     # Validate before anything touches the network. --address here is the Jobs API of the
     # cluster, not scaling.address: the job's driver joins its own cluster through RAY_ADDRESS.
-    cfg = C.load(args.config, args.overrides)
-    client, job_id = S.submit(cfg, args.address)
+    cfg = C.load(config, list(overrides))
+    client, job_id = S.submit(cfg, address, verbose=verbose)
     print(f"submitted job {job_id}", flush=True)
     for note in S.notes(cfg):
         print(f"  note: {note}", flush=True)
-    if args.no_wait:
+    if no_wait:
         print(f"  follow: ganforge jobs logs {job_id} --follow --address {client.get_address()}")
         return 0
     return _follow(client, job_id)
@@ -47,51 +66,40 @@ def _wait(client, job_id: str, timeout_s: float = 60.0) -> str:
     return status
 
 
-def cmd_jobs(args) -> int:
+@click.command("jobs", short_help="list Ray Jobs, or show the status, logs of one, or stop it")
+@click.argument("action", type=click.Choice(["list", "status", "logs", "stop"]))
+@click.argument("job_id", required=False)
+@click.option("--address", help="http://HOST:8265; default $RAY_API_SERVER_ADDRESS")
+@click.option("--follow", is_flag=True, help="logs: stream until the job ends")
+def jobs_cmd(action, job_id, address, follow) -> int:
+    """List Ray Jobs, or show the status, logs of one JOB_ID, or stop it."""
     from jobs.submit import connect
 
-    client = connect(args.address)
-    if args.action == "list":
+    if action != "list" and not job_id:
+        raise click.UsageError(f"{action} needs a JOB_ID (from `ganforge jobs list`)")
+    client = connect(address)
+    if action == "list":
         for j in sorted(client.list_jobs(), key=lambda j: j.start_time or 0):
             print(f"{j.submission_id or j.job_id}  {j.status.value:9s}  {j.entrypoint}")
         return 0
-    if not args.job_id:
-        print(f"ganforge: jobs {args.action} needs a JOB_ID (see `ganforge jobs list`)", file=sys.stderr)
-        return 2
     try:
-        if args.action == "status":
-            info = client.get_job_info(args.job_id)
-            print(f"{args.job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+        if action == "status":
+            info = client.get_job_info(job_id)
+            print(f"{job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
             return 0
-        if args.action == "logs":
-            if args.follow:
-                return _follow(client, args.job_id)
-            print(client.get_job_logs(args.job_id), end="")
+        if action == "logs":
+            if follow:
+                return _follow(client, job_id)
+            print(client.get_job_logs(job_id), end="")
             return 0
-        stopped = client.stop_job(args.job_id)
-        print(f"{args.job_id}: {'stop requested' if stopped else 'already finished'}")
+        stopped = client.stop_job(job_id)
+        print(f"{job_id}: {'stop requested' if stopped else 'already finished'}")
         return 0
     except RuntimeError as e:
         # Ray answers an unknown id with an HTTP 404 wrapped in RuntimeError.
         if "404" in str(e) or "does not exist" in str(e):
-            raise RuntimeError(f"no job {args.job_id!r} on {client.get_address()}") from None
+            raise RuntimeError(f"no job {job_id!r} on {client.get_address()}") from None
         raise
 
 
-def add_commands(sub) -> None:
-    s = sub.add_parser("submit", help="run `ganforge train CONFIG` as a Ray Job on a cluster")
-    s.add_argument("config", help="preset name or YAML file, resolved and validated here")
-    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20000")
-    s.add_argument("--address", help="the cluster's dashboard, http://HOST:8265 (through a tunnel); "
-                                     "default $RAY_API_SERVER_ADDRESS")
-    w = s.add_mutually_exclusive_group()
-    w.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    w.add_argument("--follow", action="store_true", help="stream the logs until the job ends (default)")
-    s.set_defaults(func=cmd_submit)
-
-    j = sub.add_parser("jobs", help="list Ray Jobs, or show the status, logs of one, or stop it")
-    j.add_argument("action", choices=["list", "status", "logs", "stop"])
-    j.add_argument("job_id", nargs="?")
-    j.add_argument("--address", help="http://HOST:8265; default $RAY_API_SERVER_ADDRESS")
-    j.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
-    j.set_defaults(func=cmd_jobs)
+COMMANDS = [submit_cmd, jobs_cmd]

@@ -105,15 +105,16 @@ def stage(cfg: C.Config, dest: Path, root: Path = PROJECT_ROOT) -> Path:
     return dest
 
 
-def submit(cfg: C.Config, address: str | None) -> tuple[object, str]:
-    """Validated config -> (client, job id). Nothing is uploaded unless `connect` succeeded."""
+def submit(cfg: C.Config, address: str | None, *, verbose: bool = False) -> tuple[object, str]:
+    """Validated config -> (client, job id). Nothing is uploaded unless `connect` succeeded.
+    `verbose` runs the job's `ganforge train` with --verbose."""
     client = connect(address)
     with tempfile.TemporaryDirectory(prefix="ganforge-job-") as td:
         work = stage(cfg, Path(td) / "project")
         job_id = client.submit_job(
             # The same command a person runs; the shipped folder is the job's working directory
             # and is first on its PYTHONPATH, so the job runs this checkout's code.
-            entrypoint=f"ganforge train {JOB_CONFIG}",
+            entrypoint=f"ganforge train {JOB_CONFIG}" + (" --verbose" if verbose else ""),
             runtime_env={"working_dir": str(work), "excludes": list(EXCLUDES)},
             metadata={"ganforge.preset": cfg.preset, "ganforge.config_hash": C.config_hash(cfg)})
     return client, job_id

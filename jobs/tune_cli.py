@@ -1,83 +1,73 @@
-"""`ganforge tune`: a Ray Tune study over a search space (jobs/tune/). Wired into jobs/cli.py by
-add_commands(), which also handles its errors.
+"""`ganforge tune`: a Ray Tune study over a search space (jobs/tune/). One of COMMANDS, added to
+the group in jobs/cli.py, whose main() handles its errors.
 
     ganforge tune CONFIG --space NAME [--trials N] [--scheduler asha|pbt|none] [--seeds K]
                   [--max-concurrent M] [--objective KEY --mode min|max] [--name STUDY] [k=v ...]
     ganforge tune --resume STUDY
+
+The k=v overrides may come before, between or after the options.
 """
 from __future__ import annotations
 
-import argparse
+import click
+
+from jobs.cli import overrides_argument, verbose_option
 
 
-def add_commands(sub) -> None:
-    t = sub.add_parser("tune", help="search loss weights (or any config keys) with Ray Tune; "
-                       "each trial is a Ray Train run, tracked in MLflow; the best generator is registered")
-    t.add_argument("config", nargs="?", help="preset name (see jobs/configs) or path to a YAML file")
-    t.add_argument("overrides", nargs="*", help="dotted overrides for every trial, e.g. train.steps=2000")
-    t.add_argument("--space", help="search space: preset in jobs/configs/spaces (smoke_gp, dcgan_gp, "
-                   "dcgan_lr) or a YAML file of `dotted.key: loguniform(a, b)|uniform|randint|choice|grid`")
-    t.add_argument("--trials", type=int, help="configurations to sample (PBT: the population); a grid "
-                   "space runs its whole grid per sample (default: 1 with a grid, else 8)")
-    t.add_argument("--scheduler", choices=["asha", "pbt", "none"], default="asha")
-    t.add_argument("--seeds", type=int, default=1, help="run each configuration K times (train.seed, "
-                   "train.seed+1, ...) and rank by the mean (asha/none)")
-    t.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the "
-                   "cluster's CPUs/GPUs hold Train workers for)")
-    t.add_argument("--objective", help="reported metric to rank by (default: the space's; else "
-                   "eval.best_metric when eval.every > 0; else the proxy d_gap)")
-    t.add_argument("--mode", choices=["min", "max"], help="default: the space's, else min")
-    t.add_argument("--name", help="study name (default: SPACE-TIME); its folder is $GANFORGE_HOME/tune/NAME")
-    t.add_argument("--address", help="join this Ray cluster (the scaling.address override; with "
-                   "--resume it replaces the study's own)")
-    t.add_argument("--resume", metavar="STUDY", help="continue a study (name or folder) after its driver died")
-    t.add_argument("--dry-run", action="store_true", help="validate, print the study and exit (writes nothing)")
-    t.set_defaults(func=cmd_tune)
-    _intermixed(t)
+@click.command(short_help="search loss weights (or any config keys) with Ray Tune")
+@click.argument("config", required=False)
+@overrides_argument
+@click.option("--space", help="search space: preset in jobs/configs/spaces (smoke_gp, dcgan_gp, "
+              "dcgan_lr) or a YAML file of `dotted.key: loguniform(a, b)|uniform|randint|choice|grid`")
+@click.option("--trials", type=int, help="configurations to sample (PBT: the population); a grid "
+              "space runs its whole grid per sample (default: 1 with a grid, else 8)")
+@click.option("--scheduler", type=click.Choice(["asha", "pbt", "none"]), default="asha",
+              help="trial scheduler (default: asha)")
+@click.option("--seeds", type=int, default=1, help="run each configuration K times (train.seed, "
+              "train.seed+1, ...) and rank by the mean (asha/none)")
+@click.option("--max-concurrent", type=int, help="trials at once (default: as many as the "
+              "cluster's CPUs/GPUs hold Train workers for)")
+@click.option("--objective", help="reported metric to rank by (default: the space's; else "
+              "eval.best_metric when eval.every > 0; else the proxy d_gap)")
+@click.option("--mode", type=click.Choice(["min", "max"]), help="default: the space's, else min")
+@click.option("--name", help="study name (default: SPACE-TIME); its folder is $GANFORGE_HOME/tune/NAME")
+@click.option("--address", help="join this Ray cluster (the scaling.address override; with "
+              "--resume it replaces the study's own)")
+@click.option("--resume", metavar="STUDY", help="continue a study (name or folder) after its driver died")
+@click.option("--dry-run", is_flag=True, help="validate, print the study and exit (writes nothing)")
+@verbose_option
+def tune(config, overrides, space, trials, scheduler, seeds, max_concurrent, objective, mode, name,
+         address, resume, dry_run, verbose) -> int:
+    """Search loss weights (or any config keys) with Ray Tune; each trial is a Ray Train run,
+    tracked in MLflow; the best generator is registered.
 
+    CONFIG is a preset name (see jobs/configs) or the path to a YAML file; KEY=VALUE are dotted
+    overrides for every trial, e.g. train.steps=2000, before or after the options.
+    """
+    from jobs import tune as T
 
-def _intermixed(parser: argparse.ArgumentParser) -> None:
-    """Let `k=v` overrides follow the options (`tune smoke --space x train.steps=8`), as the
-    usage line promises. Plain argparse stops filling positionals at the first option;
-    parse_known_intermixed_args does not, but it cannot run on the top-level parser (it has
-    subparsers), so this subparser uses it for its own arguments."""
-    plain = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        parser.parse_known_args = plain          # the intermixed parse calls it itself
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            parser.parse_known_args = parse_known_args
-
-    parser.parse_known_args = parse_known_args
-
-
-def cmd_tune(args) -> int:
-    from pipeline.config import ConfigError
-
-    from jobs import tune
-
-    if args.resume:
-        if args.config or args.overrides or args.space:
-            raise ConfigError("--resume: give only the study; its config and space are in its study.json")
-        study = tune.Study.load(args.resume)
-        if args.address:
-            study.config["scaling"]["address"] = args.address
-        res = tune.run_study(study, resume=True)
+    if resume:
+        if config or overrides or space:
+            raise click.UsageError("--resume: give only the study; its config and space are in "
+                                   "its study.json")
+        study = T.Study.load(resume)
+        if address:
+            study.config["scaling"]["address"] = address
+        res = T.run_study(study, resume=True, verbose=verbose)
     else:
-        if not args.config or not args.space:
-            raise ConfigError("tune: needs CONFIG and --space NAME (or --resume STUDY)")
-        if args.address:
-            args.overrides = [*args.overrides, f"scaling.address={args.address}"]
-        kw = dict(space=args.space, scheduler=args.scheduler, trials=args.trials, seeds=args.seeds,
-                  max_concurrent=args.max_concurrent, objective=args.objective, mode=args.mode,
-                  name=args.name)
-        if args.dry_run:
-            print(tune.describe(tune.new_study(args.config, args.overrides, dry_run=True, **kw)))
+        if not config or not space:
+            raise click.UsageError("needs CONFIG and --space NAME (or --resume STUDY)")
+        overrides = [*overrides, *([f"scaling.address={address}"] if address else [])]
+        kw = dict(space=space, scheduler=scheduler, trials=trials, seeds=seeds,
+                  max_concurrent=max_concurrent, objective=objective, mode=mode, name=name)
+        if dry_run:
+            print(T.describe(T.new_study(config, overrides, dry_run=True, **kw)))
             return 0
-        study = tune.new_study(args.config, args.overrides, **kw)
-        print(tune.describe(study), flush=True)
-        res = tune.run_study(study)
-    print(tune.format_result(res))
+        study = T.new_study(config, overrides, **kw)
+        print(T.describe(study), flush=True)
+        res = T.run_study(study, verbose=verbose)
+    print(T.format_result(res))
     return 0 if res.best else 1
+
+
+COMMANDS = [tune]

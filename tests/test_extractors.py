@@ -143,21 +143,21 @@ def checkpoint_and_shards(tmp_path_factory):
 
 
 def test_fit_extractor_command(tmp_path, capsys, monkeypatch):
-    from jobs import eval_cli
+    from jobs import cli
 
     data = small._data
     monkeypatch.setattr(small, "_data", lambda n, seed: data(min(n, 384), seed))  # wiring, not accuracy
 
-    assert eval_cli.main(["fit-extractor", "--out", str(tmp_path / "x.pt"), "--steps", "5"]) == 0
+    assert cli.main(["fit-extractor", "--out", str(tmp_path / "x.pt"), "--steps", "5"]) == 0
     assert "ganforge-small-shapestack" in capsys.readouterr().out and (tmp_path / "x.json").is_file()
 
 
 def test_evaluate_command_on_a_checkpoint_folder(checkpoint_and_shards, small_weights, capsys):
-    from jobs import eval_cli
+    from jobs import cli
 
     ckpt, shards = checkpoint_and_shards
-    rc = eval_cli.main(["evaluate", str(ckpt), "--metrics", "fid,kid,is,coverage", "--n", "200",
-                        "--data", str(shards), "--extractor", str(small_weights[0]), "--device", "cpu"])
+    rc = cli.main(["evaluate", str(ckpt), "--metrics", "fid,kid,is,coverage", "--n", "200",
+                   "--data", str(shards), "--extractor", str(small_weights[0]), "--device", "cpu"])
     out = capsys.readouterr().out
     assert rc == 0
     for key in ("eval/ganforge-small-shapestack/fid", "eval/ganforge-small-shapestack/kid_mean",
@@ -171,7 +171,7 @@ def test_evaluate_command_on_a_checkpoint_folder(checkpoint_and_shards, small_we
 def test_evaluate_run_id_logs_scores_and_protocol(checkpoint_and_shards, small_weights, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from jobs import eval_cli
+    from jobs import cli
 
     ckpt, shards = checkpoint_and_shards
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -180,8 +180,8 @@ def test_evaluate_run_id_logs_scores_and_protocol(checkpoint_and_shards, small_w
     exp = client.create_experiment("evaltest", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(exp).info.run_id
     client.log_artifacts(run_id, str(ckpt), artifact_path="checkpoint")
-    rc = eval_cli.main(["evaluate", run_id, "--metrics", "fid,coverage", "--n", "100", "--data", str(shards),
-                        "--extractor", str(small_weights[0]), "--device", "cpu", "--log"])
+    rc = cli.main(["evaluate", run_id, "--metrics", "fid,coverage", "--n", "100", "--data", str(shards),
+                   "--extractor", str(small_weights[0]), "--device", "cpu", "--log"])
     assert rc == 0 and f"logged to MLflow run {run_id}" in capsys.readouterr().out
     run = client.get_run(run_id)
     assert "eval/ganforge-small-shapestack/fid" in run.data.metrics and "eval/coverage_modes" in run.data.metrics
@@ -193,7 +193,7 @@ def test_evaluate_run_id_logs_scores_and_protocol(checkpoint_and_shards, small_w
 def test_evaluate_registered_generator_folder(checkpoint_and_shards, small_weights, tmp_path, capsys):
     """A folder as `ganforge pull` writes it goes through pipeline.tracking.registry (sha256-checked)."""
     pytest.importorskip("pipeline.tracking.registry")
-    from jobs import eval_cli
+    from jobs import cli, eval_cli
     from pipeline.families import generator as GM
 
     ckpt, shards = checkpoint_and_shards
@@ -202,6 +202,6 @@ def test_evaluate_registered_generator_folder(checkpoint_and_shards, small_weigh
     GM.write_folder(G, cfg, tmp_path / "gen", step=8)
     t = eval_cli.load_generator(str(tmp_path / "gen"))
     assert t.step == 8 and t.cfg == cfg and t.version is None
-    assert eval_cli.main(["evaluate", str(tmp_path / "gen"), "--metrics", "coverage", "--n", "50",
-                          "--device", "cpu"]) == 0
+    assert cli.main(["evaluate", str(tmp_path / "gen"), "--metrics", "coverage", "--n", "50",
+                     "--device", "cpu"]) == 0
     assert "eval/coverage_modes" in capsys.readouterr().out

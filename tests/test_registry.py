@@ -22,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import models
-from jobs import registry_cli
+from jobs.cli import main as ganforge_main
 from pipeline.engine import checkpoint
 from pipeline.tracking import registry, runs as tracking
 from pipeline import families
@@ -53,7 +53,7 @@ def cli(capsys):
     """Run a registry command in-process; returns (exit code, stdout, stderr of that call only)."""
     def run(*argv: str):
         capsys.readouterr()
-        rc = registry_cli.main(list(argv))
+        rc = ganforge_main(list(argv))
         out, err = capsys.readouterr()
         return types.SimpleNamespace(rc=rc, out=out, err=err.strip())
     return run

@@ -21,13 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 def _ganforge() -> list[str]:
-    """`ganforge` once jobs/cli.py carries the registry commands; the same handlers until then."""
-    from jobs import cli
-
-    names = set(cli.build_parser()._subparsers._group_actions[0].choices)
-    if {"register", "pull", "sample"} <= names:
-        return [str(Path(sys.executable).with_name("ganforge"))]
-    return [sys.executable, "-m", "jobs.registry_cli"]
+    """The installed `ganforge` console script beside this interpreter."""
+    return [str(Path(sys.executable).with_name("ganforge"))]
 
 
 def _sh(argv: list[str], env: dict, cwd: Path) -> str:
