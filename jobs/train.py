@@ -76,12 +76,17 @@ def _init_ray(address: str | None, verbose: bool = False) -> None:
         # Local Ray: poll workers faster than the 2 s default; small runs finish ~2x sooner.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        if not verbose:
-            # Ray warns at every local start that token auth (its default) is on. Setting
-            # RAY_AUTH_MODE=token instead fails in 2.60 (the GCS rejects its own driver).
-            import logging
-            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        quiet_ray_start(verbose)
     ray.init(address=address, logging_level="INFO" if verbose else "WARNING", configure_logging=True)
+
+
+def quiet_ray_start(verbose: bool) -> None:
+    """Ray warns at every local start that token auth (its default) is on. Setting
+    RAY_AUTH_MODE=token instead fails in 2.60 (the GCS rejects its own driver)."""
+    import logging
+
+    if not verbose:
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def quiet_driver(verbose: bool) -> None:

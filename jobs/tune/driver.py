@@ -9,7 +9,7 @@ from jobs.tune import results, runs, schedulers, trial
 from jobs.tune.study import Study, StudyResult
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None, verbose: bool = False) -> None:
     """jobs.train's local Ray, plus one setting for hosts that run several Ray instances."""
     import socket
 
@@ -18,8 +18,9 @@ def init_ray(address: str | None) -> None:
     from jobs import train
 
     if ray.is_initialized() or address is not None or os.environ.get("RAY_ADDRESS"):
-        train._init_ray(address)                  # joining a cluster: it has its own settings
+        train._init_ray(address, verbose)         # joining a cluster: it has its own settings
         return
+    train.quiet_ray_start(verbose)
     # Ray Train restarts or stops a trial's workers through a detached placement-group cleaner
     # that finds its cluster with the state API, which looks for "the" local Ray by scanning
     # processes and gives up when the host runs several (other users' sessions, test runs):
@@ -32,29 +33,43 @@ def init_ray(address: str | None) -> None:
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(include_dashboard=True, dashboard_port=port, logging_level="WARNING", configure_logging=True)
+    ray.init(include_dashboard=True, dashboard_port=port, logging_level="INFO" if verbose else "WARNING",
+             configure_logging=True)
 
 
 def run_study(study: Study, *, resume: bool = False, verbose: bool = False) -> StudyResult:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    from jobs.train import quiet_driver
+    from jobs.tune.progress import StudyTable
+
     t0 = time.time()
+    quiet_driver(verbose)
+    if not verbose:
+        # Tune's newer output engine prints its configuration box and TensorBoard hint at any
+        # verbosity; the older one at verbose=0 prints nothing. Our StudyTable replaces both.
+        # Its snapshot warning fires whenever checkpoints come faster than every 5 s (smoke runs).
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     sp = study.space()
     if not study.parent_run_id:
         study.parent_run_id = runs.start_parent(study)
         study.save()
-    init_ray(study.config["scaling"]["address"])
+    init_ray(study.config["scaling"]["address"], verbose)
+    # Our table of the study, or (--verbose) Tune's own boxes and status tables.
+    table = [] if verbose else [StudyTable(study.name, study.objective, study.mode, list(sp.searched),
+                                           study.config["train"]["steps"])]
     exp_dir = study.path / "tune"
     print(f"[ganforge] study {study.name}: {study.dir}\n[ganforge]   resume with: "
           f"ganforge tune --resume {study.name}", flush=True)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trial.trainable(study),
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trial.trainable(study, verbose),
                                    resume_unfinished=True, resume_errored=True)
     else:
         pbt = study.scheduler == "pbt"
         tuner = tune.Tuner(
-            trial.trainable(study),
+            trial.trainable(study, verbose),
             param_space=schedulers.param_space(study, sp),
             tune_config=tune.TuneConfig(
                 metric=study.objective, mode=study.mode, num_samples=study.trials,
@@ -67,7 +82,7 @@ def run_study(study: Study, *, resume: bool = False, verbose: bool = False) -> S
                                                  max_concurrent=schedulers.max_concurrent(study)),
                 trial_name_creator=trial.trial_name, trial_dirname_creator=trial.trial_dirname),
             run_config=tune.RunConfig(
-                name="tune", storage_path=study.dir, verbose=1,
+                name="tune", storage_path=study.dir, verbose=1 if verbose else 0, callbacks=table,
                 # PBT may hand any trial's checkpoint to another trial later: keep them all.
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=None if pbt else study.config["train"]["keep_checkpoints"]),

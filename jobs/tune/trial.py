@@ -102,10 +102,15 @@ def _train_run_name(train_root: Path, trial_id: str, from_checkpoint: bool) -> s
     return f"{trial_id}-r{n}"
 
 
-def run_trial(config: dict, study: dict) -> None:
+def run_trial(config: dict, study: dict, verbose: bool = False) -> None:
     """One Tune trial: a Ray Train run of the base config with this trial's values."""
+    import logging
+
     import ray
     import ray.tune
+
+    if not verbose:       # "Checkpoint successfully created at: ..." at every report
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
     from jobs.train import build_trainer
     from pipeline.tracking import runs as tracking
@@ -133,7 +138,7 @@ def run_trial(config: dict, study: dict) -> None:
     trainer = build_trainer(cfg, urls=st.shard_urls, manifest=st.manifest, run_name=run_name,
                             storage=train_root, tracking_uri=st.tracking_uri, mlflow_run_id=run_id,
                             resume_from=ckpt.path if ckpt else None, spec=st.data_spec,
-                            callbacks=[ForwardToTrial(mailbox)])
+                            callbacks=[ForwardToTrial(mailbox)], verbose=verbose)
     outcome: dict[str, Any] = {}
 
     def fit():
@@ -177,7 +182,8 @@ def run_trial(config: dict, study: dict) -> None:
         raise outcome["error"]
 
 
-def trainable(study: Study):
+def trainable(study: Study, verbose: bool = False):
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, study=asdict(study)), {"CPU": TRIAL_CPU})
+    return tune.with_resources(tune.with_parameters(run_trial, study=asdict(study), verbose=verbose),
+                               {"CPU": TRIAL_CPU})
