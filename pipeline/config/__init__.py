@@ -41,7 +41,7 @@ def _check(cond: bool, key: str, msg: str) -> None:
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     # Shards to read: a manifest.json, a folder holding one, or a brace pattern / URL list
-    # (local paths, file://, http(s)://, pipe:). None means the built-in dataset below, whose
+    # (local paths, file://, http(s)://, s3://, gs://, pipe:). None means the built-in dataset below, whose
     # shards are written under $GANFORGE_HOME/data on first use.
     shards: str | None = None
     builtin: Literal["shapestack", "digits"] = "shapestack"
@@ -53,6 +53,16 @@ class DataConfig:
     # What a bad sample gets: convert what can be converted (grey/RGBA -> RGB) and skip the rest,
     # skip everything that is not clean RGB, or raise naming shard and key.
     bad_samples: Literal["convert", "skip", "strict"] = "convert"
+    # Remote shards (http(s)://, s3://, gs://) are read within a budget. A stall (no byte for
+    # stall_timeout_s), a cut connection, a 5xx/408/429 answer is retried up to `retries` times
+    # per shard, after retry_backoff_s, then 2x, 4x ... that, each retry resuming at the byte where
+    # the read stopped. A shard still failing then is skipped for the rest of its pass (metric
+    # skipped_shards, a warning naming it), or under bad_samples=strict ends the run. A 404 fails
+    # at once. Local paths and pipe: ignore these.
+    connect_timeout_s: float = 10.0       # s to open a connection (TCP + TLS); > 0
+    stall_timeout_s: float = 60.0         # s without a byte on an open connection; > 0
+    retries: int = 3                      # retries per shard; 0 = fail (or skip) at the first fault
+    retry_backoff_s: float = 1.0          # s before the first retry, doubled for each next; >= 0
 
     def __post_init__(self):
         _check(16 <= self.resolution <= 1024, "data.resolution", f"{self.resolution} not in [16, 1024]")
@@ -60,6 +70,10 @@ class DataConfig:
         _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
         _check(self.builtin_samples > 0, "data.builtin_samples", "must be > 0")
         _check(self.builtin_shard_size > 0, "data.builtin_shard_size", "must be > 0")
+        _check(self.connect_timeout_s > 0, "data.connect_timeout_s", "must be > 0")
+        _check(self.stall_timeout_s > 0, "data.stall_timeout_s", "must be > 0")
+        _check(self.retries >= 0, "data.retries", "must be >= 0")
+        _check(self.retry_backoff_s >= 0, "data.retry_backoff_s", "must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,10 +15,11 @@ looping over the shards forever.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import decode_image, decode_jpeg, decode_png, decode_webp
 from torchvision.transforms.v2 import functional as TF
 
+import pipeline.data.netio as netio
 from pipeline.data.fields import (DEFAULT_FIELDS, Field, Image, Label, Text, describe,  # noqa: F401
                                   member, validate)
 from pipeline.data.shards import (DataError, count_samples, load_manifest, read_samples,  # noqa: F401
@@ -53,6 +55,9 @@ class Batch:
     n_skipped: int        # bad samples skipped while producing this batch
     n_converted: int      # samples with a grey/RGBA/16-bit image converted to RGB in this batch
     bad_keys: list[str]   # up to 5 "shard_url#key" of skipped samples
+    n_retries: int = 0            # network retries of remote shards while producing this batch
+    n_skipped_shards: int = 0     # remote shards given up on (rest skipped) after their retries
+    bad_shards: list[str] = field(default_factory=list)  # why, one line per shard given up on
 
     @property
     def images(self) -> torch.Tensor | None:
@@ -228,8 +233,12 @@ def _draws(seed: int, rank: int, worker: int, base_epoch: int, size: int) -> Ite
 class _WorkerStream:
     """One logical worker: raw samples of its shards, epoch after epoch, through a shuffle buffer."""
 
-    def __init__(self, rank_urls, counts, *, seed, rank, worker, nw, shuffle_buffer):
+    def __init__(self, rank_urls, counts, *, seed, rank, worker, nw, shuffle_buffer,
+                 policy="convert", budget=None):
         self.rank_urls, self.counts = rank_urls, counts
+        self.policy, self.budget = policy, budget
+        self.tally = netio.Tally()          # retries and skipped shards, read per batch
+        self.shard_errors: list[str] = []   # one line per shard given up on, taken per batch
         self.seed, self.rank, self.worker, self.nw = seed, rank, worker, nw
         self.size = shuffle_buffer
         # epoch -> samples raw() read in it, recorded once its last shard is done (recent ones only)
@@ -240,24 +249,36 @@ class _WorkerStream:
         """(epoch, url, key, members) forever from the start of base_epoch, minus `skip` samples."""
         for epoch in itertools.count(base_epoch):
             shards = epoch_shards(self.rank_urls, self.seed, self.rank, epoch)[self.worker::self.nw]
-            n_epoch = 0
+            n_epoch, given_up = 0, 0
             for url in shards:
-                n = self.counts.get(url) if self.counts else None
-                if skip and n is None:
-                    n = count_samples(url)
-                if n is not None and skip >= n:  # fast-forward over whole shards
-                    skip -= n
-                    n_epoch += n
-                    continue
-                for key, members in read_samples(url, skip=skip):
-                    n_epoch += 1
-                    yield epoch, url, key, members
-                n_epoch += skip
+                read = 0
+                try:
+                    n = self.counts.get(url) if self.counts else None
+                    if skip and n is None:
+                        n = count_samples(url, self.budget, self.tally)
+                    if n is not None and skip >= n:  # fast-forward over whole shards
+                        skip -= n
+                        n_epoch += n
+                        continue
+                    for key, members in read_samples(url, skip=skip, budget=self.budget, tally=self.tally):
+                        n_epoch += 1
+                        read += 1
+                        yield epoch, url, key, members
+                    n_epoch += skip
+                except netio.ShardUnreadable as e:
+                    # Retries exhausted: like a bad sample, strict fails and the others go on
+                    # without the rest of this shard (counted and named, see RankStream).
+                    if self.policy == "strict":
+                        raise
+                    self.tally.skipped_shards += 1
+                    given_up += 1
+                    self.shard_errors.append(f"{e}; skipped the rest of it ({read} samples read)")
                 skip = 0
             self.sizes[epoch] = n_epoch
             self.sizes.pop(epoch - self.window, None)
             if n_epoch == 0:
-                raise DataError(f"rank {self.rank} worker {self.worker}: shards {shards} hold no samples")
+                why = f" ({given_up} unreadable, see the warnings)" if given_up else ""
+                raise DataError(f"rank {self.rank} worker {self.worker}: shards {shards} hold no samples{why}")
 
     def samples(self, base_epoch: int, consumed: int) -> Iterator[tuple[int, str, str, dict]]:
         """Shuffled samples, continuing after `consumed` samples were already handed out."""
@@ -299,12 +320,12 @@ class _ShardDataset(IterableDataset):
     """Runs inside each DataLoader worker; physical worker p plays logical worker (p + first) % nw."""
 
     def __init__(self, rank_urls, counts, *, rank, nw, seed, shuffle_buffer, batch_size, resolution,
-                 policy, starts, first, fields):
+                 policy, starts, first, fields, budget=None):
         self.rank_urls, self.counts, self.rank, self.nw, self.seed = rank_urls, counts, rank, nw, seed
         self.shuffle_buffer, self.batch_size, self.resolution, self.policy = (
             shuffle_buffer, batch_size, resolution, policy)
         self.starts, self.first = starts, first
-        self.fields = fields
+        self.fields, self.budget = fields, budget
         # (slot, name, kind, members, optional, reads .json?) per field, in declaration order
         self._plan = [(i, name, type(f), f.members, f.optional, any(m.startswith("json:") for m in f.members))
                       for i, (name, f) in enumerate(fields.items())]
@@ -314,8 +335,10 @@ class _ShardDataset(IterableDataset):
         w = ((info.id if info else 0) + self.first) % self.nw
         base_epoch, consumed = self.starts[w]
         stream = _WorkerStream(self.rank_urls, self.counts, seed=self.seed, rank=self.rank, worker=w,
-                               nw=self.nw, shuffle_buffer=self.shuffle_buffer)
+                               nw=self.nw, shuffle_buffer=self.shuffle_buffer, policy=self.policy,
+                               budget=self.budget)
         watch = _PassWatch(stream.sizes, stream.window)
+        seen = netio.Tally()
         dead: set[str] = set()   # shards known to hold no usable sample
         self._blank = torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8)
         samples = stream.samples(base_epoch, consumed)
@@ -367,11 +390,15 @@ class _ShardDataset(IterableDataset):
                         continue
                     reject(ep, u, k, m, why)
             state = {"worker": w, "base_epoch": base_epoch, "consumed": consumed, "epoch": epoch}
+            # Network counts since the last batch (the tally itself stays: open readers add to it).
+            net = (stream.tally.retries - seen.retries, stream.tally.skipped_shards - seen.skipped_shards,
+                   stream.shard_errors)
+            seen, stream.shard_errors = dataclasses.replace(stream.tally), []
             out = {}
             for (_, name, kind, *_), column in zip(self._plan, columns):
                 out[name] = (torch.stack(column) if kind is Image else
                              torch.tensor(column, dtype=torch.int64) if kind is Label else column)
-            yield out, state, skipped, converted, bad
+            yield out, state, skipped, converted, bad, net
 
     def _parse(self, url, key, members):
         """-> ([value per field, None for images still to decode], [(slot, (bytes, member,
@@ -448,12 +475,15 @@ class _ShardDataset(IterableDataset):
         for url in self.rank_urls:
             if url in dead:
                 continue
-            for key, members in read_samples(url):
-                why = self._usable(url, key, members)
-                if why is None:
-                    return
-                if example is None:
-                    example = (url, key, members, why)
+            try:
+                for key, members in read_samples(url, budget=self.budget):
+                    why = self._usable(url, key, members)
+                    if why is None:
+                        return
+                    if example is None:
+                        example = (url, key, members, why)
+            except netio.ShardUnreadable:
+                pass  # unreadable now: no usable sample from it either
             dead.add(url)
         url, key, members, why = example
         shards = ", ".join(self.rank_urls[:3]) + (f", ... ({len(self.rank_urls)} in all)"
@@ -491,10 +521,15 @@ class RankStream:
     fields.py); None -> DEFAULT_FIELDS, an image and a required `.cls` label. Batch.fields holds
     one entry per field. A sample lacking a required field is a bad sample (bad_samples policy);
     if a whole pass over the rank's shards finds no usable sample, the stream raises DataError.
+    budget: netio.Budget for remote shards (None = its defaults). A remote shard still failing
+    after its retries is skipped for the rest of that pass (Batch.n_skipped_shards, a warning
+    naming it) or, under bad_samples="strict", raises DataError naming shard, cause and attempts.
+    A skipped shard makes that pass shorter, so a later resume of it is no longer exact.
     """
 
     def __init__(self, urls, *, rank, world_size, batch_size, resolution, loader_workers, seed,
-                 shuffle_buffer=256, bad_samples="convert", position=None, counts=None, fields=None):
+                 shuffle_buffer=256, bad_samples="convert", position=None, counts=None, fields=None,
+                 budget=None):
         if bad_samples not in POLICIES:
             raise DataError(f"bad_samples={bad_samples!r}: use one of {POLICIES}")
         fields = validate(fields)  # FieldError, a DataError, on a declaration that cannot work
@@ -525,7 +560,7 @@ class RankStream:
         dataset = _ShardDataset(rank_urls, counts, rank=rank, nw=nw, seed=seed,
                                 shuffle_buffer=shuffle_buffer, batch_size=batch_size,
                                 resolution=resolution, policy=bad_samples, starts=starts, first=self._next,
-                                fields=fields)
+                                fields=fields, budget=budget)
         loader = DataLoader(dataset, batch_size=None, num_workers=nw if loader_workers > 0 else 0)
         self._it = iter(loader)
 
@@ -536,14 +571,14 @@ class RankStream:
         if self._it is None:
             raise RuntimeError("RankStream is closed")
         try:
-            fields, state, skipped, converted, bad = next(self._it)
+            fields, state, skipped, converted, bad, (retries, given_up, why) = next(self._it)
         except DataError as e:
             self.close()  # a data error ends the stream; don't leave its workers running
             # From a loader process DataLoader prepends "Caught DataError in DataLoader worker
             # process N." and the worker's traceback: keep the one line that names the problem.
             msg = str(e)
             if msg.startswith("Caught "):
-                msg = msg.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+                msg = msg.rstrip().splitlines()[-1].split(f"{type(e).__name__}: ", 1)[-1]
             raise type(e)(msg) from None
         except BaseException:
             self.close()
@@ -552,7 +587,9 @@ class RankStream:
         self._workers[w] = state
         self._next = (w + 1) % self._meta["num_workers"]
         position = {**self._meta, "next": self._next, "workers": [dict(s) for s in self._workers]}
-        return Batch(fields, position, skipped, converted, list(bad))
+        for line in why:
+            log.warning("rank %d: %s", self._meta["rank"], line)
+        return Batch(fields, position, skipped, converted, list(bad), retries, given_up, list(why))
 
     def close(self):
         it, self._it = self._it, None

@@ -87,12 +87,14 @@ class _Data:
         self.fam, self.cfg, self.ctx, self.data, self.device, self.nhwc = fam, cfg, ctx, data, device, nhwc
         self.image_fields = {k for k, f in fam.fields.items() if isinstance(f, Image)}
         self.position, self.skipped, self.converted, self.bad_keys, self.images = position, 0, 0, [], 0
+        self.retries, self.skipped_shards = 0, 0
         self.stream = None
         self.open(fam.batch_size())
 
     def open(self, batch_size: int) -> None:
         """(Re)open the stream; it continues after the last sample this rank used."""
         from pipeline.data import RankStream, to_float
+        from pipeline.data.netio import Budget
 
         self.to_float = to_float
         if self.stream is not None:
@@ -103,13 +105,18 @@ class _Data:
                                  loader_workers=d.loader_workers, seed=self.cfg.train.seed,
                                  shuffle_buffer=d.shuffle_buffer, bad_samples=d.bad_samples,
                                  position=self.position, counts=self.data.get("counts"),
-                                 fields=self.fam.fields)
+                                 fields=self.fam.fields,
+                                 budget=Budget(connect_timeout_s=d.connect_timeout_s,
+                                               stall_timeout_s=d.stall_timeout_s, retries=d.retries,
+                                               retry_backoff_s=d.retry_backoff_s))
 
     def next(self) -> dict:
         b = next(self.stream)
         self.position = b.position
         self.skipped += b.n_skipped
         self.converted += b.n_converted
+        self.retries += b.n_retries
+        self.skipped_shards += b.n_skipped_shards
         self.bad_keys.extend(b.bad_keys)
         out = {}
         for k, v in b.fields.items():
@@ -224,10 +231,12 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
                 continue
             metrics = stats.reduce(ctx)
             dt = time.perf_counter() - t0
-            skipped, converted, imgs = ctx.all_sum(
-                torch.tensor([stream.skipped, stream.converted, stream.images], dtype=torch.int64)).tolist()
+            skipped, converted, imgs, shards, retries = ctx.all_sum(torch.tensor(
+                [stream.skipped, stream.converted, stream.images, stream.skipped_shards, stream.retries],
+                dtype=torch.int64)).tolist()
             metrics.update(step=step, images_per_s=imgs / max(dt, 1e-9), skipped_samples=skipped,
-                           converted_samples=converted, images_seen=images_seen, **fam.metrics())
+                           converted_samples=converted, skipped_shards=shards, shard_retries=retries,
+                           images_seen=images_seen, **fam.metrics())
             stats, t0, stream.images = Stats(), time.perf_counter(), 0
             if stream.bad_keys:
                 log.warning("rank %d skipped bad samples, first: %s", rank, stream.bad_keys[:5])
