@@ -1,18 +1,23 @@
-"""Decoded images per CPU-second, as [-1, 1] float batches, from the same shards six ways.
+"""Decoded images per CPU-second, as [-1, 1] float batches, from the same shards eight ways.
 
     python bench/data_throughput.py [--content natural|shapestack] [--seconds 6] [--rounds 6]
 
-ours (RankStream in-process, and with 2 loader workers), a stock webdataset .decode("pil")
-pipeline, and bare loops (PIL; torchvision.io per image and per batch) over the shards' image
-bytes held in memory. Every method ends in the same [-1, 1] float32 batch of 64.
+ours (RankStream in-process, and with 2 loader workers) from local files and from the same
+shards over loopback HTTP (an http.server thread of this process, whose CPU the figure counts:
+pipeline/data/netio.py's resuming reader), a stock webdataset .decode("pil") pipeline, and bare
+loops (PIL; torchvision.io per image and per batch) over the shards' image bytes held in memory.
+Every method ends in the same [-1, 1] float32 batch of 64.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import tempfile
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +101,19 @@ def bare(blobs, decode_one=None, decode_list=None):
                 yield to_float(torch.stack([decode_one(b) for b in chunk]))
 
 
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve(folder: str) -> tuple[ThreadingHTTPServer, str]:
+    """The folder over loopback HTTP, from a thread of this process -> (server, base URL)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=folder))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def pil_decode(b: bytes) -> torch.Tensor:
     return pil_to_tensor(Image.open(io.BytesIO(b)).convert("RGB"))
 
@@ -110,6 +128,7 @@ def main():
     torch.set_num_threads(1)  # per-core figures
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        server, base = serve(tmp)
         for resolution in (64, 128):
             for fmt in ("jpg", "png"):
                 out = f"{tmp}/{fmt}{resolution}"
@@ -118,6 +137,7 @@ def main():
                 write_shards(gen, out, resolution=resolution, classes=[str(i) for i in range(10)],
                              source="bench", fmt=fmt, shard_size=256)
                 urls, _ = resolve_shards(out)
+                http_urls = [u.replace(tmp, base, 1) for u in urls]
                 blobs = [m[fmt] for u in urls for _, m in read_samples(u)]
                 kb = sum(map(len, blobs)) / len(blobs) / 1024
                 tv = decode_jpeg if fmt == "jpg" else decode_png
@@ -127,6 +147,8 @@ def main():
                 methods = {  # name: (batches of [-1, 1] floats, count children's CPU?)
                     "ours, in-process": (ours(urls, resolution, 0), False),
                     "ours, 2 loader workers": (ours(urls, resolution, 2), True),
+                    "ours, in-process, http": (ours(http_urls, resolution, 0), False),
+                    "ours, 2 workers, http": (ours(http_urls, resolution, 2), True),
                     "stock wds .decode('pil')": (stock(urls), False),
                     "bare PIL open+convert": (bare(blobs, pil_decode), False),
                     "bare torchvision.io": (bare(blobs, tv_one), False),
@@ -137,14 +159,18 @@ def main():
                     it.close()
                 rows.append((resolution, fmt, kb, res))
                 print(f"{resolution} px {fmt} done", flush=True)
+        server.shutdown()
+        server.server_close()
     print(f"\n{args.content} content, batch {BATCH}, torch threads 1: images per CPU-second, i.e. per "
           "core (the 2-worker row counts its workers' CPU too)")
     print(f"{'':30}" + "".join(f"{f'{r} px {f} ({kb:.1f} KB)':>22}" for r, f, kb, _ in rows))
     for name in rows[0][3]:
         print(f"{name:30}" + "".join(f"{res[name]:>22,.0f}" for *_, res in rows))
-    for base in ("bare torchvision.io", "bare torchvision.io, list"):
-        print(f"{'ours / ' + base.removeprefix('bare '):30}" + "".join(
-            f"{res['ours, in-process'] / res[base]:>22.2f}" for *_, res in rows))
+    for ref in ("bare torchvision.io", "bare torchvision.io, list"):
+        print(f"{'ours / ' + ref.removeprefix('bare '):30}" + "".join(
+            f"{res['ours, in-process'] / res[ref]:>22.2f}" for *_, res in rows))
+    print(f"{'http / local, in-process':30}" + "".join(
+        f"{res['ours, in-process, http'] / res['ours, in-process']:>22.2f}" for *_, res in rows))
 
 
 if __name__ == "__main__":
