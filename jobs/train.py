@@ -72,12 +72,25 @@ def _init_ray(address: str | None, verbose: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    if address is None:
+    kw = {}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
         # Local Ray: poll workers faster than the 2 s default; small runs finish ~2x sooner.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         quiet_ray_start(verbose)
-    ray.init(address=address, logging_level="INFO" if verbose else "WARNING", configure_logging=True)
+        # Ray Train's placement-group cleaner finds its cluster with the state API, which looks
+        # for "the" local Ray by scanning processes and fails (a traceback on the terminal; a
+        # stopped Tune trial's CPUs stay reserved) when the host runs several: two users' runs,
+        # a run beside a test session. Every process of this cluster inherits the driver's
+        # environment, so name our dashboard there (replacing an inherited one: it would point
+        # at another cluster).
+        import socket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        kw = {"include_dashboard": True, "dashboard_port": port}
+    ray.init(address=address, logging_level="INFO" if verbose else "WARNING", configure_logging=True, **kw)
 
 
 def quiet_ray_start(verbose: bool) -> None:

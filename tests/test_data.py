@@ -144,7 +144,7 @@ def test_resolve_specs(tmp_path, monkeypatch):
         resolve_shards(str(tmp_path / "empty"))
 
 
-def test_http_url_via_curl(tmp_path):
+def test_http_url_reads_like_a_local_path(tmp_path):
     urls, _ = _write_uneven(tmp_path, counts=[6])
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *a: None

@@ -10,31 +10,11 @@ from jobs.tune.study import Study, StudyResult
 
 
 def init_ray(address: str | None, verbose: bool = False) -> None:
-    """jobs.train's local Ray, plus one setting for hosts that run several Ray instances."""
-    import socket
-
-    import ray
-
+    """jobs.train's Ray: local (with the state-API address set for Ray Train's placement-group
+    cleaner, which Tune's stopped trials need) or the cluster at `address`."""
     from jobs import train
 
-    if ray.is_initialized() or address is not None or os.environ.get("RAY_ADDRESS"):
-        train._init_ray(address, verbose)         # joining a cluster: it has its own settings
-        return
-    train.quiet_ray_start(verbose)
-    # Ray Train restarts or stops a trial's workers through a detached placement-group cleaner
-    # that finds its cluster with the state API, which looks for "the" local Ray by scanning
-    # processes and gives up when the host runs several (other users' sessions, test runs):
-    # the stopped trial's CPUs then stay reserved and later trials wait forever. Every process
-    # of this cluster inherits the driver's environment, so name our dashboard there (replacing
-    # an inherited one: it would point at another cluster).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(include_dashboard=True, dashboard_port=port, logging_level="INFO" if verbose else "WARNING",
-             configure_logging=True)
+    train._init_ray(address, verbose)
 
 
 def run_study(study: Study, *, resume: bool = False, verbose: bool = False) -> StudyResult:

@@ -25,11 +25,17 @@ def _fmt(v) -> str:
 
 
 class StudyTable(Callback):
-    def __init__(self, name: str, objective: str, mode: str, keys: list[str], steps: int, out=None):
+    def __init__(self, name: str, objective: str, mode: str, keys: list[str], steps: int):
         self.name, self.objective, self.mode, self.keys, self.steps = name, objective, mode, keys, steps
-        self.out = out or sys.stdout
-        self.tty = hasattr(self.out, "isatty") and self.out.isatty()
+        out = self.out
+        self.tty = hasattr(out, "isatty") and out.isatty()
         self.t0, self.drawn, self.lines, self.dirty = time.monotonic(), 0.0, 0, False
+
+    @property
+    def out(self):
+        # Looked up, not stored: Tune pickles its callbacks with the experiment state, and a
+        # stream (pytest's capture, a pty) does not pickle.
+        return sys.stdout
 
     # ---------------------------------------------------------------- Tune's hooks
 

@@ -14,7 +14,7 @@ SCHEDULERS = ("asha", "pbt", "none")
 # What a trial reports to Tune: the loop's metrics (pipeline/train_loop.py), the proxy, the
 # searched values. gp and r1 only when their weight is > 0.
 LOOP_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "gp", "r1", "images_per_s", "step",
-                "skipped_samples", "converted_samples")
+                "skipped_samples", "converted_samples", "skipped_shards", "shard_retries")
 PROXY = "d_gap"
 # The schedulers' clock, in G steps. A trial's final report leaves it out, so neither ASHA (which
 # stops a trial at max_t) nor PBT (which pauses one at each interval) acts on a trial that is
