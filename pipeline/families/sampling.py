@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.families.spec import Categorical, ClassLabel, Input, Latent, Uniform
+from pipeline.families.spec import Categorical, ClassLabel, Input, Latent, Truncation, Uniform
 
 BLOCK = 256
 CHUNK = 64
@@ -45,7 +45,7 @@ def check_fixed(specs: dict[str, Input], fixed: dict | None) -> dict:
         if value is None:
             continue
         if name not in specs:
-            known = ", ".join(n for n, s in specs.items() if not isinstance(s, Latent)) or "none"
+            known = ", ".join(n for n, s in specs.items() if not isinstance(s, (Latent, Truncation))) or "none"
             raise ValueError(f"{name}: not an input of this generator (fixable inputs: {known})")
         s = specs[name]
         if isinstance(s, (ClassLabel, Categorical)):
@@ -57,6 +57,8 @@ def check_fixed(specs: dict[str, Input], fixed: dict | None) -> dict:
             if not -1 <= float(value) <= 1:
                 raise ValueError(f"{name}: {value} not in [-1, 1]")
             out[name] = float(value)
+        elif isinstance(s, Truncation):
+            raise ValueError(f"{name}: set it with truncation (--truncation), not as a fixed input")
         else:
             raise ValueError(f"{name}: noise cannot be fixed (use --seed)")
     return out
@@ -64,15 +66,21 @@ def check_fixed(specs: dict[str, Input], fixed: dict | None) -> dict:
 
 def inputs(specs: dict[str, Input], start: int, stop: int, *, seed: int = 0,
            truncation: float | None = None, fixed: dict | None = None) -> dict[str, torch.Tensor]:
-    """Inputs of samples [start, stop) on the CPU: float [n, dim] noise/codes, int64 [n] indices."""
-    if truncation is not None and not truncation > 0:
+    """Inputs of samples [start, stop) on the CPU: float [n, dim] noise/codes, int64 [n] indices.
+
+    truncation: with a Truncation input, psi for the family's own latent space (>= 0, 1 = none);
+    else the |z| bound of a truncated normal (> 0)."""
+    psi = any(isinstance(s, Truncation) for s in specs.values())
+    if truncation is not None and psi and not truncation >= 0:
+        raise ValueError(f"truncation: {truncation} must be >= 0 (psi; 1 or None for no truncation)")
+    if truncation is not None and not psi and not truncation > 0:
         raise ValueError(f"truncation: {truncation} must be > 0 (or None for no truncation)")
     fixed = check_fixed(specs, fixed)
     n, out = stop - start, {}
     for stream, (name, s) in enumerate(specs.items()):
         if isinstance(s, Latent):
             out[name] = _noise(start, stop, s.dim, seed, stream, lambda r, sh: r.standard_normal(sh),
-                               truncation)
+                               None if psi else truncation)
         elif isinstance(s, (ClassLabel, Categorical)):
             k = s.num_classes if isinstance(s, ClassLabel) else s.k
             out[name] = (torch.full((n,), fixed[name], dtype=torch.long) if name in fixed
@@ -80,6 +88,8 @@ def inputs(specs: dict[str, Input], start: int, stop: int, *, seed: int = 0,
         elif isinstance(s, Uniform):
             out[name] = (torch.full((n, s.dim), fixed[name]) if name in fixed else
                          _noise(start, stop, s.dim, seed, stream, lambda r, sh: r.uniform(-1, 1, sh)))
+        elif isinstance(s, Truncation):
+            out[name] = torch.full((n,), 1.0 if truncation is None else float(truncation))
         else:
             raise TypeError(f"{name}: unknown input {s!r}")
     return out
@@ -97,6 +107,8 @@ def draw(specs: dict[str, Input], n: int, device) -> dict[str, torch.Tensor]:
             out[name] = torch.randint(0, s.k, (n,), device=device)
         elif isinstance(s, Uniform):
             out[name] = torch.rand(n, s.dim, device=device) * 2 - 1
+        elif isinstance(s, Truncation):
+            out[name] = torch.ones(n, device=device)
     return out
 
 

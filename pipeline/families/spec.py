@@ -91,7 +91,14 @@ class Uniform:
     dim: int
 
 
-Input = Latent | ClassLabel | Categorical | Uniform
+@dataclass(frozen=True)
+class Truncation:
+    """Per-sample truncation psi, float [n], for a family that truncates in its own latent space
+    (StyleGAN2: w_avg + psi * (w - w_avg)). Sampling's `truncation` fills it (None = 1, untruncated;
+    0 = the average image) and then redraws no Latent; training draws 1. Not fixable."""
+
+
+Input = Latent | ClassLabel | Categorical | Uniform | Truncation
 
 
 # ---------------------------------------------------------------- the family
