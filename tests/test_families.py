@@ -31,6 +31,7 @@ SMALL = {
     "biggan": {"resolution": 32, "ch": 8, "num_classes": 10},
     "biggan_deep": {"resolution": 32, "ch": 8, "num_classes": 10},
     "progan": {"channel_max": 8, "phase_images": [8, 8, 8], "phase_batch": [4, 4, 4]},
+    "stylegan2": {"w_dim": 16, "mapping_layers": 2, "channel_base": 128, "channel_max": 8},
 }
 BASE = {"resolution": 16, "z_dim": 16, "g_channels": 8, "d_channels": 8, "d_norm": "none",
         "spectral_norm": True}

@@ -17,6 +17,7 @@ _MODULES = (
     "pipeline.families.progan",
     "pipeline.families.acgan",
     "pipeline.families.infogan",
+    "pipeline.families.stylegan2",
 )
 
 
