@@ -88,3 +88,25 @@ def test_lazy_r1_is_its_own_phase_with_corrected_optimizer():
     d_stats = run_phase(fam, phases["D"], nets, opts, batch, Ctx(step=4, device=CPU))
     reg = run_phase(fam, phases["Dreg"], nets, opts, batch, Ctx(step=4, device=CPU))
     assert "r1" not in d_stats and reg["r1"] > 0       # R1 moved out of the D phase
+
+
+def test_a_resumed_local_run_continues_exactly_as_an_unbroken_one(smoke_shards, tmp_path):
+    # 8 steps straight vs 4 steps, stop, rerun to 8: the same losses at steps 6 and 8 and the same
+    # weights at the end, to the bit (same noise, same batches, same optimizer state).
+    from pipeline import config as C
+    from pipeline.data import resolve_shards
+    from pipeline.engine import checkpoint
+    from pipeline.engine.context import checkpoints, train_local
+
+    urls, _ = resolve_shards(str(smoke_shards))
+    over = ["train.log_every=2", "train.checkpoint_every=4", "train.sample_every=0", "scaling.num_workers=1"]
+    straight = tmp_path / "straight"
+    _, a = train_local(C.load("smoke", over), {"urls": urls, "counts": None}, straight, quiet=True)
+    train_local(C.load("smoke", [*over, "train.steps=4"]), {"urls": urls, "counts": None}, tmp_path / "b", quiet=True)
+    _, b = train_local(C.load("smoke", over), {"urls": urls, "counts": None}, tmp_path / "b", quiet=True)
+    later = lambda reports: {r["step"]: (r["loss_d"], r["loss_g"]) for r in reports if r["step"] > 4}  # noqa: E731
+    assert later(b.reports) == later(a.reports) and sorted(later(a.reports)) == [6, 8]
+    end_a, end_b = (checkpoint.load(checkpoints(d)[-1])["nets"] for d in (straight, tmp_path / "b"))
+    for net in end_a:
+        for k, v in end_a[net].items():
+            assert torch.equal(v, end_b[net][k]), (net, k)

@@ -165,7 +165,7 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
     phases = fam.phases()
     config_dict = C.to_dict(cfg)
 
-    start, position, images_seen = 0, None, 0
+    start, position, images_seen, rng = 0, None, 0, None
     with ctx.restore() as state:
         if state is not None:
             state = checkpoint.unpack(state)
@@ -183,8 +183,7 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
             positions = state.get("data_positions") or []
             position = positions[rank] if len(positions) == world else None
             rngs = state.get("rng") or []
-            if len(rngs) == world:
-                checkpoint.set_rng_state(rngs[rank])
+            rng = rngs[rank] if len(rngs) == world else None
             if rank == 0:
                 ctx.note(f"resumed at step {start} of {cfg.train.steps}")
 
@@ -203,6 +202,11 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
     grid_seed = cfg.train.seed + 12345
 
     stats, t0, last_grid, total = Stats(), time.perf_counter(), None, cfg.train.steps
+    if rng is not None:
+        # Restored last, right before the first step: opening the data stream draws a DataLoader
+        # base seed from the torch RNG, and a state restored before it left every later draw
+        # (noise, mixing, dropout) one place off, so a resumed run diverged from an unbroken one.
+        checkpoint.set_rng_state(rng)
     try:
         for step in range(start + 1, total + 1):
             change = fam.on_progress(images_seen, nets, emas, opts)
