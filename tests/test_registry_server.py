@@ -91,7 +91,10 @@ def test_server_flow_after_real_training(mlflow_server, ray_session, smoke_shard
     from pipeline import config as C
 
     cfg = C.load("smoke", [f"train.run_name=reg-{uuid.uuid4().hex[:8]}", f"train.storage_path={tmp_path / 'ray'}",
-                           f"tracking.uri={mlflow_server}", "tracking.register=false"])
+                           f"tracking.uri={mlflow_server}", "tracking.register=false",
+                           # What is tested is the server flow; 2-worker runs are tested elsewhere,
+                           # and each process started costs seconds on 2 cores.
+                           "scaling.num_workers=1", "data.loader_workers=0"])
     s = run_training(cfg)
     assert s.tracking_uri == mlflow_server and s.steps == 8
     shutil.rmtree(tmp_path / "ray")
