@@ -121,7 +121,7 @@ def _real_data(data: str | None, cfg):
 @click.option("--data", help="real data shard spec (default: the run config's data)")
 @click.option("--batch-size", type=int, default=64)
 @click.option("--seed", type=int, default=0)
-@click.option("--truncation", type=float)
+@click.option("--truncation", type=float, help="as in `ganforge sample`: |z| cut-off, or StyleGAN2's psi")
 @click.option("--no-ema", is_flag=True, help="evaluate the raw G instead of G_ema")
 @click.option("--device", help="torch device (default: cuda when available, else cpu)")
 @click.option("--log", is_flag=True, help="log scores and protocol tags into the MLflow run (RUN_ID only)")

@@ -110,7 +110,8 @@ def pull(uri, out) -> int:
 @click.argument("source")
 @click.option("--n", type=int, default=64, help="number of images")
 @click.option("--class", "cls", type=int, help="class label (conditional models; default cycles 0..C-1)")
-@click.option("--truncation", type=float, help="resample |z| above this (BigGAN trick), e.g. 0.7")
+@click.option("--truncation", type=float, help="BigGAN-style: resample |z| above this, e.g. 0.7; StyleGAN2: psi "
+              "in w space (w_avg + psi (w - w_avg)), e.g. 0.7")
 @click.option("--code", multiple=True, metavar="NAME=VALUE",
               help="fix one latent code for every image (InfoGAN: cat0=3, cont0=0.5); repeatable")
 @click.option("--seed", type=int, default=0, help="same seed, same images")
