@@ -182,6 +182,10 @@ def test_every_family_round_trips_through_a_generator_folder(family, tmp_path):
     assert type(G2.nets["G"]) is type(gen.nets["G"]) and not G2.nets["G"].training
     fixed = {"cls": 2} if gen.num_classes else {}
     assert torch.equal(G2.sample(4, seed=1, fixed=fixed), gen.sample(4, seed=1, fixed=fixed))
+    # Truncation (|z| cut-off, or StyleGAN2's psi in w space) survives the folder and acts.
+    cut = G2.sample(4, seed=1, fixed=fixed, truncation=0.5)
+    assert torch.equal(cut, gen.sample(4, seed=1, fixed=fixed, truncation=0.5))
+    assert not torch.equal(cut, G2.sample(4, seed=1, fixed=fixed))
     GM.export_pt2(G2, tmp_path / "g.pt2")       # the `pytorch` flavor of every family
     x = sampling.inputs(G2.specs, 0, 3)
     with torch.no_grad():
