@@ -183,6 +183,31 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AugConfig:
+    # Augmentation of everything D sees (reals and fakes, in D's, G's and R1/GP's terms), for any
+    # family. none = off (the step is bit-identical to no aug section); diffaugment = Zhao et al.
+    # 2020, `policy` on every image; ada = Karras et al. 2020, stylegan2-ada's geometric + colour
+    # pipeline per sample with probability p, steered from D's sign on reals. p is checkpointed
+    # family state and logged as aug_p (with ada_sign = E[sign D(real)]).
+    kind: Literal["none", "diffaugment", "ada"] = "none"
+    policy: str = "color,translation,cutout"   # DiffAugment ops, comma-separated, in order
+    ada_target: float = 0.6       # target of E[sign D(real)], in (0, 1); above it p rises
+    ada_speed_kimg: float = 500.0  # thousand images for p to move by 1 (stylegan2-ada's ada_kimg); > 0
+    ada_p_init: float = 0.0       # p at the start of a fresh run, in [0, ada_p_max]
+    ada_p_max: float = 1.0        # p never exceeds this, in [0, 1]
+
+    def __post_init__(self):
+        ops = [p.strip() for p in self.policy.split(",") if p.strip()]
+        _check(bool(ops) and all(p in ("color", "translation", "cutout") for p in ops), "aug.policy",
+               f"{self.policy!r}: a comma-separated subset of color, translation, cutout")
+        _check(0 < self.ada_target < 1, "aug.ada_target", f"{self.ada_target} not in (0, 1)")
+        _check(self.ada_speed_kimg > 0, "aug.ada_speed_kimg", "must be > 0")
+        _check(0 <= self.ada_p_max <= 1, "aug.ada_p_max", f"{self.ada_p_max} not in [0, 1]")
+        _check(0 <= self.ada_p_init <= self.ada_p_max, "aug.ada_p_init",
+               f"{self.ada_p_init} not in [0, aug.ada_p_max={self.ada_p_max}]")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     model: Any                    # the registered family's own config dataclass
     data: DataConfig = field(default_factory=DataConfig)
@@ -192,6 +217,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)   # in-loop evaluation (off by default)
+    aug: AugConfig = field(default_factory=AugConfig)     # D's augmentation (off by default)
     preset: str = "custom"        # the preset file it came from, for run names
 
 
