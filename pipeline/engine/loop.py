@@ -238,6 +238,7 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
             skipped, converted, imgs, shards, retries = ctx.all_sum(torch.tensor(
                 [stream.skipped, stream.converted, stream.images, stream.skipped_shards, stream.retries],
                 dtype=torch.int64)).tolist()
+            fam.after_log(metrics, imgs)   # every rank, same numbers: ADA's p stays rank-identical
             metrics.update(step=step, images_per_s=imgs / max(dt, 1e-9), skipped_samples=skipped,
                            converted_samples=converted, skipped_shards=shards, shard_retries=retries,
                            images_seen=images_seen, **fam.metrics())

@@ -42,20 +42,21 @@ class ACGAN(DirectGAN):
         with torch.no_grad(), ctx.amp():
             fake = G(self.z(real.shape[0], real.device), y)
         with ctx.amp():
-            real_logit, real_cls = (t.float() for t in D(real, head=True))
-            fake_logit, fake_cls = (t.float() for t in D(fake, head=True))
+            real_logit, real_cls = (t.float() for t in D(self.augment(real), head=True))
+            fake_logit, fake_cls = (t.float() for t in D(self.augment(fake), head=True))
             adv = losses.d_loss(self.cfg.loss.kind, real_logit, fake_logit)
             aux = F.cross_entropy(real_cls, y) + F.cross_entropy(fake_cls, y)
         acc = (real_cls.argmax(1) == y).float().mean()
         stats = {"loss_d": adv.detach(), "aux_d": aux.detach(), "d_real_class_acc": acc.detach(),
-                 "d_real": real_logit.mean().detach(), "d_fake": fake_logit.mean().detach()}
+                 "d_real": real_logit.mean().detach(), "d_fake": fake_logit.mean().detach(),
+                 **self.ada_stat(real_logit)}
         return adv + w * aux, stats
 
     def _loss_G(self, nets, batch, ctx):
         G, D, w = nets["G"], nets["D"], self.model.aux_weight
         y = batch["cls"]
         with ctx.amp():
-            logit, cls = (t.float() for t in D(G(self.z(len(y), ctx.device), y), head=True))
+            logit, cls = (t.float() for t in D(self.augment(G(self.z(len(y), ctx.device), y)), head=True))
             adv = losses.g_loss(self.cfg.loss.kind, logit)
             aux = F.cross_entropy(cls, y)
         return adv + w * aux, {"loss_g": adv.detach(), "aux_g": aux.detach()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 import models
+from pipeline import augment
 from models.biggan import BigGANConfig
 from models.biggan_deep import BigGANDeepConfig
 from models.dcgan import DCGANConfig
@@ -69,6 +70,13 @@ class DirectGAN(Family):
     def z(self, n: int, device) -> torch.Tensor:
         return torch.randn(n, self.model.z_dim, device=device)
 
+    def augmented(self, D):
+        """D behind the augmentation, for the penalties: R1/GP's gradient is taken w.r.t. the
+        un-augmented input, through the augmentation (as stylegan2-ada's R1). D itself for none."""
+        aug = self.augment
+        return D if type(aug) is augment.Identity else (
+            lambda x, y=None: D(aug(x), y))
+
     def loss(self, phase: Phase, nets: Nets, batch: dict, ctx: Ctx):
         return getattr(self, f"_loss_{phase.name}")(nets, batch, ctx)
 
@@ -78,17 +86,17 @@ class DirectGAN(Family):
         with torch.no_grad(), ctx.amp():
             fake = G(self.z(real.shape[0], real.device), y)
         with ctx.amp():
-            real_logits = D(real, y).float()
-            fake_logits = D(fake, y).float()
+            real_logits = D(self.augment(real), y).float()
+            fake_logits = D(self.augment(fake), y).float()
             loss = losses.d_loss(L.kind, real_logits, fake_logits)
         stats = {"loss_d": loss.detach(), "d_real": real_logits.mean().detach(),
-                 "d_fake": fake_logits.mean().detach()}
+                 "d_fake": fake_logits.mean().detach(), **self.ada_stat(real_logits)}
         if L.gp_weight > 0:
-            gp = regularizers.gradient_penalty(D, real, fake.float(), y)
+            gp = regularizers.gradient_penalty(self.augmented(D), real, fake.float(), y)
             loss = loss + L.gp_weight * gp
             stats["gp"] = gp.detach()
         if L.r1_gamma > 0 and L.r1_every == 1:
-            r1 = regularizers.r1_penalty(D, real, y)
+            r1 = regularizers.r1_penalty(self.augmented(D), real, y)
             loss = loss + L.r1_gamma * r1
             stats["r1"] = r1.detach()
         if L.drift_weight > 0:
@@ -97,7 +105,7 @@ class DirectGAN(Family):
 
     def _loss_Dreg(self, nets, batch, ctx):
         L = self.cfg.loss
-        r1 = regularizers.r1_penalty(nets["D"], self.reals(batch), self.labels(batch))
+        r1 = regularizers.r1_penalty(self.augmented(nets["D"]), self.reals(batch), self.labels(batch))
         return L.r1_gamma * L.r1_every * r1, {"r1": r1.detach()}
 
     def _loss_G(self, nets, batch, ctx):
@@ -106,7 +114,7 @@ class DirectGAN(Family):
         n = batch["image"].shape[0]
         with ctx.amp():
             fake = G(self.z(n, ctx.device), y)
-            loss = losses.g_loss(L.kind, D(fake, y).float())
+            loss = losses.g_loss(L.kind, D(self.augment(fake), y).float())
         stats = {"loss_g": loss.detach()}
         if L.ortho_weight > 0:
             ortho = regularizers.orthogonal(unwrap(G))

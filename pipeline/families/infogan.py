@@ -90,19 +90,20 @@ class InfoGAN(DirectGAN):
         with torch.no_grad(), ctx.amp():
             fake = G(self._g_input(x))
         with ctx.amp():
-            real_logit = D(real).float()
-            fake_logit, pred = D(fake, head=True)
+            real_logit = D(self.augment(real)).float()
+            fake_logit, pred = D(self.augment(fake), head=True)
             adv = losses.d_loss(self.cfg.loss.kind, real_logit, fake_logit.float())
         info, s = self._info(pred, x)
         stats = {"loss_d": adv.detach(), "d_real": real_logit.mean().detach(),
-                 "d_fake": fake_logit.float().mean().detach(), **{f"{k}_d": v for k, v in s.items()}}
+                 "d_fake": fake_logit.float().mean().detach(), **{f"{k}_d": v for k, v in s.items()},
+                 **self.ada_stat(real_logit)}
         return adv + self.model.info_weight * info, stats
 
     def _loss_G(self, nets, batch, ctx):
         G, D = nets["G"], nets["D"]
         x = self.draw(batch["image"].shape[0], ctx.device)
         with ctx.amp():
-            logit, pred = D(G(self._g_input(x)), head=True)
+            logit, pred = D(self.augment(G(self._g_input(x))), head=True)
             adv = losses.g_loss(self.cfg.loss.kind, logit.float())
         info, s = self._info(pred, x)
         return adv + self.model.info_weight * info, {"loss_g": adv.detach(), **s}

@@ -91,4 +91,4 @@ class ProGAN(DirectGAN):
         return self.growth.reals(batch["image"]) if self.growth else batch["image"]
 
     def metrics(self):
-        return self.growth.metrics() if self.growth and self.growth.stage else {}
+        return {**(self.growth.metrics() if self.growth and self.growth.stage else {}), **super().metrics()}

@@ -10,6 +10,7 @@ detached stats) and never logs, the sample fields it reads, its generation input
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -174,17 +175,35 @@ class Family:
         """Per-worker batch of the current stage."""
         return self.cfg.train.batch_size
 
+    @functools.cached_property
+    def augment(self):
+        """What every D call on images goes through (config `aug`; identity for kind none)."""
+        from pipeline import augment
+        return augment.build(getattr(self.cfg, "aug", None))
+
+    def after_log(self, metrics: dict[str, float], images: int) -> None:
+        """Called on every rank right after the stats are reduced at a log step, with the
+        rank-identical reduced stats and the real images shown to D since the last log (all
+        ranks): ADA steers p here, so p stays the same on every rank."""
+        self.augment.update(metrics.get("ada_sign"), images)
+
+    def ada_stat(self, real_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"ada_sign": E[sign D(real)]} for a D loss to return under ADA, else {}."""
+        if not hasattr(self.augment, "target"):
+            return {}
+        return {"ada_sign": real_logits.detach().float().sign().mean()}
+
     def metrics(self) -> dict[str, float]:
-        """Extra numbers reported with every log (ProGAN's level and alpha)."""
-        return {}
+        """Extra numbers reported with every log (ProGAN's level and alpha, ADA's aug_p)."""
+        return self.augment.metrics()
 
     def state(self) -> dict[str, Any]:
         """Family state to checkpoint (image pools, path-length mean, ADA p): tensors and plain
-        Python only (checkpoints load with weights_only=True)."""
-        return {}
+        Python only (checkpoints load with weights_only=True). Subclasses merge super()'s."""
+        return self.augment.state()
 
     def load_state(self, state: dict[str, Any]) -> None:
-        pass
+        self.augment.load_state(state)
 
     def describe(self) -> dict[str, Any]:
         """Plain facts about the sample nets for manifests and model cards."""

@@ -15,9 +15,9 @@ Truncation is in w space: the generation inputs carry a `Truncation` ("psi", flo
 sampling fills from `truncation` (None = 1), and `generate` computes w_avg + psi * (w - w_avg)
 with the G_ema's w_avg (copied from G's buffer with every EMA update). z is not redrawn.
 
-Where augmentation (ADA / DiffAugment, issue 16 part 2) plugs in: `_d` below is the one place
-D sees images (reals, fakes, and R1's reals), so an `aug` pipeline wraps the image there; ADA's p
-joins `state()` beside pl_mean.
+Augmentation (config `aug`): `_d` below is the one place D sees images (reals, fakes, and R1's
+reals, whose gradient is taken through the augmentation as in stylegan2-ada); ADA's p joins
+`state()` beside pl_mean.
 """
 from __future__ import annotations
 
@@ -64,9 +64,10 @@ class StyleGAN2(DirectGAN):
         return img.clamp(-1, 1)
 
     def state(self):
-        return {"pl_mean": self.pl_mean.detach().cpu().clone()}
+        return {**super().state(), "pl_mean": self.pl_mean.detach().cpu().clone()}
 
     def load_state(self, state):
+        super().load_state(state)
         if "pl_mean" in state:
             self.pl_mean = torch.as_tensor(state["pl_mean"]).float().clone()
 
@@ -82,7 +83,7 @@ class StyleGAN2(DirectGAN):
         return G(z, y, z2=z2, cutoff=cutoff, **kw)
 
     def _d(self, D, x, y):
-        return D(x, y).float()
+        return D(self.augment(x), y).float()
 
     def _loss_Dmain(self, nets, batch, ctx: Ctx):
         G, D = nets["G"], nets["D"]
@@ -93,7 +94,7 @@ class StyleGAN2(DirectGAN):
             real_logits, fake_logits = self._d(D, real, y), self._d(D, fake, y)
             loss = losses.d_loss(self.cfg.loss.kind, real_logits, fake_logits)
         return loss, {"loss_d": loss.detach(), "d_real": real_logits.mean().detach(),
-                      "d_fake": fake_logits.mean().detach()}
+                      "d_fake": fake_logits.mean().detach(), **self.ada_stat(real_logits)}
 
     def _loss_Dreg(self, nets, batch, ctx: Ctx):
         L, ph = self.cfg.loss, ctx.phase
