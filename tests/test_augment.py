@@ -95,10 +95,11 @@ def _cfg(steps, **aug):
 
 def test_ada_p_survives_a_resume(shards, tmp_path):
     run = tmp_path / "run"
-    kw = dict(kind="ada", ada_speed_kimg=0.05, ada_target=0.1)
+    kw = dict(kind="ada", ada_speed_kimg=0.05, ada_target=0.1, ada_p_init=0.5)   # +-0.16 a log
     _, c1 = train_local(_cfg(4, **kw), shards, run, quiet=True)
     saved = load(checkpoints(run)[-1])["family"]["aug_p"]
     assert saved == c1.reports[-1]["aug_p"] and "ada_sign" in c1.reports[-1]
+    assert 0 < saved < 1 and saved != 0.5
     fam = families.of(_cfg(8, **kw))
     fam.load_state({"aug_p": saved})
     assert fam.state() == {"aug_p": saved}
