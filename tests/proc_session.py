@@ -47,3 +47,44 @@ def stop_session(proc: subprocess.Popen, grace_s: float = 20.0) -> list[int]:
     while (left := session_pids(sid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
+
+
+def in_a_terminal(argv: list[str], cwd, timeout_s: float = 400) -> tuple[int, str]:
+    """Run `argv` on a pseudo-terminal of 120 x 40 (as a person would), in its own session;
+    -> (exit code, everything it drew). A run past the timeout is stopped and fails the test."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import time
+
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, cwd=cwd,
+                            start_new_session=True, close_fds=True)
+    os.close(follower)
+    out, deadline = b"", time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:          # the terminal closed: every writer has exited
+                break
+            if not chunk:
+                break
+            out += chunk
+        else:
+            stop_session(proc)
+            raise AssertionError(f"{argv[:4]} ran past {timeout_s} s; it drew:\n{out.decode(errors='replace')[-3000:]}")
+        return proc.wait(timeout=60), out.decode(errors="replace")
+    finally:
+        os.close(leader)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ganforge() -> list[str]:
@@ -86,21 +87,86 @@ def _user_flow(server: str, run_id: str, name: str, tmp: Path) -> None:
     assert np.array_equal(np.load(shell / "pyfunc.npy"), want)
 
 
-def test_server_flow_after_real_training(mlflow_server, ray_session, smoke_shards, tmp_path):
-    from jobs.train import run_training
-    from pipeline import config as C
+def test_ganforge_train_in_a_terminal_tracks_to_a_server_then_the_registry_flow(
+        mlflow_server, ray_session, smoke_shards, tmp_path):
+    """`ganforge train` as a person runs it, on a pseudo-terminal, joining the session's Ray and
+    tracking to a real `mlflow server`; then what a user does with the run in a fresh shell.
+    One Ray fit serves the terminal, tracking, in-loop evaluation and registry checks: every fit
+    costs ~20 s of start-up on 2 cores."""
+    import re
 
-    cfg = C.load("smoke", [f"train.run_name=reg-{uuid.uuid4().hex[:8]}", f"train.storage_path={tmp_path / 'ray'}",
-                           f"tracking.uri={mlflow_server}", "tracking.register=false",
-                           # What is tested is the server flow; 2-worker runs are tested elsewhere,
-                           # and each process started costs seconds on 2 cores.
-                           "scaling.num_workers=1", "data.loader_workers=0"])
-    s = run_training(cfg)
-    assert s.tracking_uri == mlflow_server and s.steps == 8
-    shutil.rmtree(tmp_path / "ray")
-    name = f"trained-{uuid.uuid4().hex[:6]}"
-    _user_flow(mlflow_server, s.mlflow_run_id, name, tmp_path)
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import config as C
+    from pipeline.engine import checkpoint
+    from proc_session import in_a_terminal
+
+    # The terminal: a start line, one progress line (redrawn in place), the summary; none of
+    # Ray's per-report or blank worker lines, no MLflow INFO or download bars.
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    store = tmp_path / "ray"
+    rc, drawn = in_a_terminal([
+        sys.executable, "-m", "jobs.cli", "train", "smoke", f"train.run_name={name}",
+        "eval.every=4", "eval.metrics=[fid,kid,coverage]", "eval.n_fake=64", "eval.n_real=128",
+        "eval.kid_subsets=4", "eval.kid_subset_size=32", "eval.batch_size=16",
+        "--address", ray_session.get_runtime_context().gcs_address,
+        f"tracking.uri={mlflow_server}", f"train.storage_path={store}"], cwd=ROOT)
+    lines = [ln for ln in re.split(r"[\r\n]+", re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", drawn)) if ln.strip()]
+    assert rc == 0, drawn[-3000:]
+    assert lines[0].startswith(f"[ganforge] run {name}: 8 steps on 2 workers"), lines[:3]
+    bars = [ln for ln in lines if ln.startswith("train ")]
+    assert bars and re.search(r" 8/8 \[[0-9:]+<[0-9:]+\], loss_d -?[0-9.]+ loss_g -?[0-9.]+, [0-9]+ img/s",
+                              bars[-1]), bars
+    assert all(len(ln) <= 120 for ln in bars)                     # one terminal line, not wrapped
+    for noise in ("Reporting training result", "RayTrainWorker", "pid=", " INFO ", "Downloading artifacts",
+                  "Token authentication", "Created version", "Traceback"):
+        assert noise not in drawn, (noise, drawn[-3000:])
+    summary = "\n".join(lines[lines.index(next(ln for ln in lines if ln.startswith(f"run {name}: 8 steps"))):])
+    run_id = re.search(r"MLflow run id : (\w+)", summary).group(1)
+    assert re.search(r"registered    : models:/ganforge-dcgan/\d+", summary), summary
+    ckpt = re.search(r"checkpoint    : (\S+)", summary).group(1)
+
+    # What the run tracked.
+    client = MlflowClient(mlflow_server)
+    history = lambda key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]  # noqa: E731
+    artifacts = lambda path: [a.path for a in client.list_artifacts(run_id, path)]            # noqa: E731
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["loss.kind"] == "hinge" and run.data.params["model.name"] == "dcgan"
+    assert [st for st, _ in history("loss_d")] == [2, 4, 6, 8]
+    assert all(v > 0 for _, v in history("images_per_s"))
+    assert history("skipped_samples")[-1][1] == 0
+    assert artifacts("samples") == ["samples/step_0000004.png", "samples/step_0000008.png"]
+    assert "sample grid   : " in summary and summary.split("sample grid   : ")[1].split()[0].endswith(
+        "samples/step_0000008.png")
+    import yaml
+    saved = yaml.safe_load((store / name / "resolved_config.yaml").read_text())
+    assert C.from_dict(saved).train.steps == 8
+    assert "resolved_config.yaml" in artifacts(None)
+    assert {"checkpoint/state.pt", "checkpoint/meta.json"} <= set(artifacts("checkpoint"))
+    state = checkpoint.load(ckpt)
+    assert state["step"] == 8 and len(state["data_positions"]) == 2
+
+    # In-loop evaluation: curves under a key that names the extractor, and its protocol as tags.
+    keys = set(run.data.metrics)
+    fid_key = next(k for k in keys if k.endswith("/fid"))
+    assert "ganforge-small-shapestack" in fid_key          # never mistaken for a standard FID
+    assert [st for st, _ in history(fid_key)] == [4, 8]
+    assert [st for st, _ in history("eval/coverage_modes")] == [4, 8]
+    assert any(k.endswith("/kid_mean") for k in keys)
+    tags = run.data.tags
+    assert tags["eval.extractor"] == "ganforge-small-shapestack" and tags["eval.standard"] == "false"
+    assert tags["eval.n_fake"] == "64" and len(tags["eval.extractor_sha256"]) == 64
+    assert tags["eval.ref_stats_sha256"] not in ("", "none")
+    assert any(a.path.startswith("refstats/") for a in client.list_artifacts(run_id, "refstats"))
+    best = checkpoint.load(store / name / "best_checkpoint")
+    assert best["step"] in (4, 8)
+
+    # The registry flow needs only the server: the Ray run folder goes first.
+    shutil.rmtree(store)
+    model = f"trained-{uuid.uuid4().hex[:6]}"
+    _user_flow(mlflow_server, run_id, model, tmp_path)
     from pipeline.tracking import registry
 
-    mv = registry.promote(name, 1, "champion", tracking_uri=mlflow_server)
+    mv = registry.promote(model, 1, "champion", tracking_uri=mlflow_server)
     assert mv.tags["ganforge.step"] == "8" and mv.tags["ganforge.data_sha256"] not in ("", "unknown")
