@@ -114,3 +114,25 @@ def mlflow_server(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny convolutions: a second oneDNN thread on 2 busy cores costs ~6x, never gains."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards16(tmp_path_factory) -> dict:
+    """64 ShapeStack images at 16 px in 2 shards, as the engine's data dict (urls, counts)."""
+    from pipeline.data import resolve_shards
+    from pipeline.data.datasets import build_builtin
+
+    out = tmp_path_factory.mktemp("tiny") / "shapestack-16"
+    build_builtin("shapestack", out, resolution=16, n=64, shard_size=32, seed=0)
+    return {"urls": resolve_shards(str(out))[0], "counts": None}

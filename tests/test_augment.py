@@ -14,21 +14,13 @@ from pipeline.engine.context import checkpoints, train_local
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    pass
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from pipeline.data import resolve_shards
-    from pipeline.data.datasets import build_builtin
-
-    out = tmp_path_factory.mktemp("aug") / "shapestack-16"
-    build_builtin("shapestack", out, resolution=16, n=64, shard_size=32, seed=0)
-    return {"urls": resolve_shards(str(out))[0], "counts": None}
+@pytest.fixture
+def shards(tiny_shards16):
+    return tiny_shards16
 
 
 def _x():

@@ -31,22 +31,13 @@ def _cfg(steps=16, model=None, **loss):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions: a second oneDNN thread on 2 busy cores costs ~6x, never gains.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    pass
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from pipeline.data import resolve_shards
-    from pipeline.data.datasets import build_builtin
-
-    out = tmp_path_factory.mktemp("sg2") / "shapestack-16"
-    build_builtin("shapestack", out, resolution=16, n=64, shard_size=32, seed=0)
-    return {"urls": resolve_shards(str(out))[0], "counts": None}
+@pytest.fixture
+def shards(tiny_shards16):
+    return tiny_shards16
 
 
 def test_forward_backward_at_32px():
