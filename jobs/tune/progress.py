@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import Counter
 
 from ray.tune import Callback
 
@@ -86,9 +87,7 @@ class StudyTable(Callback):
 
     def table(self, trials) -> list[str]:
         best = self._best(trials)
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[STATUS.get(t.status, t.status)] = counts.get(STATUS.get(t.status, t.status), 0) + 1
+        counts = Counter(STATUS.get(t.status, t.status) for t in trials)
         elapsed = int(time.monotonic() - self.t0)
         head = (f"study {self.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                 + f" | {elapsed // 60}:{elapsed % 60:02d}")

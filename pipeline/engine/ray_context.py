@@ -7,7 +7,9 @@ run name) or the driver's `resume_from`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import time
 
 import ray.train
 import ray.train.torch
@@ -106,8 +108,6 @@ class _ProgressFile:
         self.write, self.path, self.total = storage.write_text, storage.join(run_dir, PROGRESS_FILE), total
 
     def show(self, step: int, m: dict) -> None:
-        import json
-        import time
         values = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
         try:
             self.write(self.path, json.dumps({"step": step, "total": self.total, "time": time.time(),
