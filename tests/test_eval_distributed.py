@@ -1,6 +1,6 @@
 """Evaluation across Ray Train ranks: 2 workers give the same values as one rank alone.
 
-In-loop evaluation (curves and protocol tags in MLflow) is checked on test_train.py's tracked run.
+In-loop evaluation (curves and protocol tags in MLflow) is checked on the tracked run of test_registry_server.py.
 """
 from __future__ import annotations
 
