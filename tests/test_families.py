@@ -1,9 +1,10 @@
 """Every registered family through the engine: 2 Ray Train workers, checkpoint, resume, register,
 pull, and the same seed's images from the folder, the registry URI and the pyfunc model; the
-local context with Ray and MLflow unimportable gives one Ray worker's losses.
+local context with Ray and MLflow unimportable gives one Ray worker's losses; evaluation across
+the 2 ranks gives the scores of one rank alone.
 
-All families share one Ray Train fit per worker count: process start-up, not steps, is what
-costs on 2 cores.
+All families share one Ray Train fit per worker count, and the 2-rank evaluation rides on the
+2-worker one: process start-up, not steps, is what costs on 2 cores (~20 s a fit).
 """
 from __future__ import annotations
 
@@ -105,6 +106,9 @@ def _multi_family_loop(loop_config: dict) -> dict:
             loop.run(cfg, ctx, data)
             steps.append(ctx.seen)
         out[name] = steps
+    if loop_config.get("eval"):            # every rank scores its slice; rank 0 returns the gathered scores
+        from pipeline.evaluation.in_loop import eval_loop_per_worker
+        out["eval"] = eval_loop_per_worker(loop_config["eval"])
     return out
 
 
@@ -116,7 +120,7 @@ class _NullTracker:
         return ""
 
 
-def _fit(ray_session, tmp_path, shards, workers: int, runs_per_family) -> dict:
+def _fit(ray_session, tmp_path, shards, workers: int, runs_per_family, evaluate: dict | None = None) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -130,7 +134,7 @@ def _fit(ray_session, tmp_path, shards, workers: int, runs_per_family) -> dict:
     trainer = TorchTrainer(
         _multi_family_loop,
         train_loop_config={"shard_urls": urls, "root": str(root),
-                           "families": {n: runs_per_family(n) for n in families.names()}},
+                           "families": {n: runs_per_family(n) for n in families.names()}, "eval": evaluate},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name=f"fams-{uuid.uuid4().hex[:6]}", storage_path=str(tmp_path / "ray"),
                                        failure_config=ray.train.FailureConfig(max_failures=0)))
@@ -141,17 +145,45 @@ def _uri_of(mv):
     return f"models:/{mv.name}/{mv.version}"
 
 
+@pytest.fixture(scope="module")
+def eval_prepared(smoke_shards, ganforge_home, tmp_path_factory):
+    """The smoke config with in-loop evaluation, its prepared real statistics and a fixed random
+    G's weights: what both the 2-rank and the one-rank evaluation score."""
+    from pipeline.data import resolve_shards
+    from pipeline.evaluation import in_loop as evaluation
+    from pipeline.families import generator as GM
+
+    cfg = C.load("smoke", ["eval.every=4", "eval.metrics=[fid,kid,coverage]", "eval.n_real=128",
+                           "eval.n_fake=96", "eval.batch_size=16", "eval.kid_subsets=5",
+                           "eval.kid_subset_size=32"])
+    urls, manifest = resolve_shards(str(smoke_shards))
+    prep = evaluation.prepare(cfg, urls, manifest, str(smoke_shards))
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("evalG")
+    fam = families.of(cfg)
+    torch.save(GM.Generator(fam, {"G": fam.build()["G"]}, cfg).state_dict(), d / "G.pt")
+    return cfg, prep, str(d / "G.pt")
+
+
+@pytest.fixture(scope="module")
+def two_worker_fit(ray_session, smoke_shards, tmp_path_factory, eval_prepared):
+    """Every family to step 2, then resumed to step 4, on 2 Ray Train workers; then the 2 ranks
+    score eval_prepared's generator. Returns (the worker's results, the checkpoints' root)."""
+    cfg, prep, weights = eval_prepared
+    return _fit(ray_session, tmp_path_factory.mktemp("fit2"), smoke_shards, 2,
+                lambda n: [C.to_dict(C.from_dict(family_config(n, s, 2))) for s in (2, 4)],
+                evaluate={"config": C.to_dict(cfg), "g_state": weights, "eval": prep})
+
+
 @pytest.mark.slow
-def test_every_family_trains_resumes_registers_and_samples_identically(ray_session, smoke_shards, tmp_path,
-                                                                         monkeypatch):
+def test_every_family_trains_resumes_registers_and_samples_identically(two_worker_fit, tmp_path, monkeypatch):
     import mlflow
 
     from pipeline.families import generator as GM
     from pipeline.tracking import registry
     from pipeline.tracking import runs as tracking
 
-    seen, root = _fit(ray_session, tmp_path, smoke_shards, 2,
-                      lambda n: [C.to_dict(C.from_dict(family_config(n, s, 2))) for s in (2, 4)])
+    seen, root = two_worker_fit
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for name in families.names():
@@ -173,6 +205,36 @@ def test_every_family_trains_resumes_registers_and_samples_identically(ray_sessi
         got = mlflow.pyfunc.load_model(_uri_of(mv)).predict(row)
         assert np.array_equal(got, want.permute(0, 2, 3, 1).numpy()), name
         assert want.float().std() > 0                   # not a blank image
+
+
+def _score_in_process(prepared):
+    """The same evaluation as one rank alone, in this process: no Ray, nothing gathered."""
+    from pipeline.evaluation.in_loop import InLoopEval
+    from pipeline.families import generator as GM
+
+    cfg, prep, weights = prepared
+    fam = families.of(cfg)
+    G = GM.Generator(fam, {"G": fam.build()["G"]}, cfg)
+    G.load_flat(torch.load(weights, weights_only=True))
+    ev = InLoopEval(cfg, prep, rank=0, world=1, device="cpu", gather=lambda obj: [obj])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)           # as a worker with 1 CPU runs: same kernels, same sums
+    try:
+        return ev.score(G)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_two_ranks_score_a_generator_as_one_rank_alone(two_worker_fit, eval_prepared):
+    # Two Ray Train ranks each score their slice of the samples and rank 0 combines them; one
+    # rank alone (in this process) must give the same numbers.
+    one, two = _score_in_process(eval_prepared), two_worker_fit[0]["eval"]
+    assert one.keys() == two.keys() == {"fid", "kid", "coverage"}
+    for name in one:
+        for key, v in one[name].items():
+            assert two[name][key] == pytest.approx(v, rel=1e-5, abs=1e-8), (name, key)
+    assert 1 <= one["coverage"]["coverage_modes"] <= 96 and 0 <= one["coverage"]["oracle_accuracy"] <= 1
 
 
 LOCAL_SCRIPT = r"""
