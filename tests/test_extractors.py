@@ -167,17 +167,21 @@ def test_evaluate_command_on_a_checkpoint_folder(checkpoint_and_shards, small_we
         assert key in out, key
 
 
-@pytest.mark.slow   # an sqlite MLflow store: ~15 s of schema migrations on 2 busy cores
+@pytest.mark.slow
 def test_evaluate_run_id_logs_scores_and_protocol(checkpoint_and_shards, small_weights, tmp_path, monkeypatch, capsys):
+    import uuid
+
     from mlflow.tracking import MlflowClient
 
     from jobs import cli
+    from pipeline.tracking import runs as tracking
 
     ckpt, shards = checkpoint_and_shards
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # The session's default store: a new sqlite file costs ~4 s of schema migrations here.
+    uri = tracking.tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
-    exp = client.create_experiment("evaltest", artifact_location=(tmp_path / "art").as_uri())
+    exp = client.create_experiment(f"evaltest-{uuid.uuid4().hex[:6]}", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(exp).info.run_id
     client.log_artifacts(run_id, str(ckpt), artifact_path="checkpoint")
     rc = cli.main(["evaluate", run_id, "--metrics", "fid,coverage", "--n", "100", "--data", str(shards),

@@ -184,7 +184,7 @@ def test_every_family_trains_resumes_registers_and_samples_identically(two_worke
     from pipeline.tracking import runs as tracking
 
     seen, root = two_worker_fit
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking.tracking_uri()      # the session's store: a new sqlite file costs ~4 s of migrations
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for name in families.names():
         assert seen[name] == [[2], [4]], name          # the second run resumed after step 2
