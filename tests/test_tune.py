@@ -118,6 +118,20 @@ def test_objective_defaults_and_eval_scores(tmp_path):
     assert fill({"fid": 3.0}) == {}
 
 
+def test_study_log_counts_the_trial_that_just_ended(capsys):
+    from types import SimpleNamespace as T
+
+    from jobs.tune.progress import StudyTable
+
+    table = StudyTable("s", "d_gap", "min", ["loss.gp_weight"], steps=8)
+    a = T(trial_id="a", status="TERMINATED", last_result={"step": 8, "d_gap": 0.3}, config={"loss.gp_weight": 1.0})
+    b = T(trial_id="b", status="RUNNING", last_result={"step": 2, "d_gap": 0.2}, config={"loss.gp_weight": 10.0})
+    c = T(trial_id="c", status="PENDING", last_result=None, config={"loss.gp_weight": 0.1})
+    table.on_trial_complete(0, [a, b, c], b)          # Tune calls it while b is still RUNNING
+    assert capsys.readouterr().out == ("[tune] trial b done at step 2: d_gap 0.2  loss.gp_weight=10  "
+                                       "(best so far)  (2/3 trials ended)\n")
+
+
 def _offline_study(tmp_path, **kw):
     """A Study object for the result helpers; nothing is started or written."""
     from jobs import tune

@@ -80,7 +80,8 @@ class StudyTable(Callback):
         best = self._best(trials)
         vals = " ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.keys)
         mark = "  (best so far)" if best is trial else ""
-        n_done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        # Tune calls on_trial_complete/error before it sets the trial's final status.
+        n_done = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in trials)
         print(f"[tune] trial {trial.trial_id} {how} at step {(trial.last_result or {}).get('step', 0)}: "
               f"{self.objective} {_fmt(self._value(trial))}  {vals}{mark}  "
               f"({n_done}/{len(trials)} trials ended)", file=self.out, flush=True)
