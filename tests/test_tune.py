@@ -346,7 +346,8 @@ def test_killed_study_resumes_without_rerunning_finished_trials(ray_session, smo
         log.close()
     finished = sorted(t for t, s in statuses.items() if s == "TERMINATED")
     assert len(finished) == 1 and len(statuses) == 2, statuses
-    counts = {t: len(_results(study_dir, t)) for t in finished}
+    # (Not the finished trial's result.json rows here: Tune may sync that file after it has
+    # written the experiment state, so a driver killed at once can leave it empty.)
     runs_before = sorted(p.name for p in (study_dir / "train").iterdir())
 
     out = subprocess.run(cmd + ["--resume", name, *address], cwd=ROOT, env=env, capture_output=True,
@@ -358,8 +359,8 @@ def test_killed_study_resumes_without_rerunning_finished_trials(ray_session, smo
         rows = {r["trial_id"]: r for r in csv.DictReader(f)}
     assert set(rows) == set(statuses)
     assert {r["status"] for r in rows.values()} == {"completed"}
-    for t in finished:                                # not rerun: same results, no new Train run
-        assert len(_results(study_dir, t)) == counts[t] == int(rows[t]["reports"]) == 2
+    for t in finished:             # not rerun: no new Train run, its 2 reports once (and in MLflow, below)
+        assert len(_results(study_dir, t)) == int(rows[t]["reports"]) == 2
         assert [p.name for p in (study_dir / "train").iterdir() if p.name.startswith(t)] == [t]
     for r in rows.values():                           # 2-worker Train runs: one data position per rank
         assert len(checkpoint.load(r["checkpoint"])["data_positions"]) == 2
