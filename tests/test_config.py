@@ -35,6 +35,7 @@ def test_overrides_apply_with_types():
     ("scaling.use_gpu=yes please", "scaling.use_gpu"),
     ("train.steps=0", "train.steps"),            # out of range
     ("optim.ema_decay=1.5", "optim.ema_decay"),
+    ("optim.ema_rampup=0", "optim.ema_rampup"),
     ("loss.kind=softmax", "loss.kind"),          # not one of the choices
     ("model.resolution=48", "model.resolution"),  # model's own range check
     ("data.resolution=64", "data.resolution"),   # disagrees with the model

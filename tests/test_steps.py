@@ -67,6 +67,36 @@ def test_ema_step():
     assert torch.equal(next(avg.parameters()), p_g)
 
 
+def test_ema_rampup_follows_stylegan2_ada():
+    # stylegan2-ada: ema_nimg = min(ema_kimg * 1000, cur_nimg * ema_rampup); beta = 0.5 ** (batch / ema_nimg)
+    assert ema.decay_at(0.999, 0, 0.05, step=100, images_seen=3200, step_images=32) == pytest.approx(0.5 ** (32 / 160))
+    assert ema.decay_at(0.999, 0, 0.05, step=10**6, images_seen=10**8, step_images=32) == 0.999   # capped
+    assert ema.decay_at(0.999, 5, 0.05, step=5, images_seen=10**8, step_images=32) == 0.0        # not started
+    assert ema.decay_at(0.999, 0, None, step=1, images_seen=32, step_images=32) == 0.999          # off
+
+
+def test_ema_with_rampup_follows_g_closer_early_in_a_run(smoke_shards, tmp_path):
+    from pipeline import config as C
+    from pipeline.data import resolve_shards
+    from pipeline.engine import checkpoint
+    from pipeline.engine.context import checkpoints, train_local
+
+    urls, _ = resolve_shards(str(smoke_shards))
+    over = ["train.steps=4", "train.checkpoint_every=4", "train.sample_every=0", "scaling.num_workers=1",
+            "optim.ema_decay=0.99"]
+
+    def gap(*more):
+        out = tmp_path / f"r{len(more)}"
+        train_local(C.load("smoke", [*over, *more]), {"urls": urls, "counts": None}, out, quiet=True)
+        state = checkpoint.load(checkpoints(out)[-1])
+        return sum(float((state["nets"]["G"][k].float() - v.float()).abs().sum())
+                   for k, v in state["ema"]["G"].items() if v.is_floating_point())
+
+    # After 4 steps of 8 images, a 0.99 EMA still sits near G's start; ramped up (half-life
+    # <= 0.05 x images seen, i.e. under 2 images) it has followed G.
+    assert gap("optim.ema_rampup=0.05") < 0.1 * gap()
+
+
 def test_g_step_applies_orthogonal_regularization():
     torch.manual_seed(0)
     fam, nets, _ = _setup(0, kind="hinge", ortho_weight=1.0)

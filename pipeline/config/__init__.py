@@ -103,6 +103,9 @@ class OptimConfig:
     d_steps_per_g: int = 1        # discriminator updates per generator update
     ema_decay: float = 0.999      # EMA of G weights per G step; 0 disables averaging
     ema_start: int = 0            # G steps before the EMA starts tracking (copies G until then)
+    # StyleGAN2-ADA's ramp-up: the EMA's half-life, in images, is at most this fraction of the
+    # images seen so far (so early on the average follows G), and at most ema_decay's. None: off.
+    ema_rampup: float | None = None
 
     def __post_init__(self):
         _check(self.g_lr > 0, "optim.g_lr", "must be > 0")
@@ -111,6 +114,7 @@ class OptimConfig:
         _check(self.d_steps_per_g >= 1, "optim.d_steps_per_g", "must be >= 1")
         _check(0 <= self.ema_decay < 1, "optim.ema_decay", "must be in [0, 1)")
         _check(self.ema_start >= 0, "optim.ema_start", "must be >= 0")
+        _check(self.ema_rampup is None or self.ema_rampup > 0, "optim.ema_rampup", "must be > 0 or null")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,3 +15,15 @@ def update(avg: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
         torch._foreach_lerp_(a_params, n_params, 1.0 - decay)
     for ab, nb in zip(avg.buffers(), src.buffers()):
         ab.copy_(nb)
+
+
+def decay_at(decay: float, start: int, rampup: float | None, step: int, images_seen: int,
+             step_images: int) -> float:
+    """The EMA decay for this G step: 0 (copy G) until `start` steps have passed; with `rampup`,
+    StyleGAN2-ADA's ramp-up: a half-life of at most rampup x images_seen images, i.e.
+    0.5 ** (step_images / (rampup * images_seen)), never above `decay`."""
+    if step <= start:
+        return 0.0
+    if not rampup:
+        return decay
+    return min(decay, 0.5 ** (step_images / max(rampup * images_seen, 1e-8)))

@@ -224,7 +224,9 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
                         batch = stream.next()
                         images_seen += len(next(iter(batch.values()))) * world  # same batch on every rank
                     stats.add(run_phase(fam, ph, wrapped, opts, batch, lctx))
-            decay = cfg.optim.ema_decay if step > cfg.optim.ema_start else 0.0
+            o = cfg.optim
+            decay = ema.decay_at(o.ema_decay, o.ema_start, o.ema_rampup, step, images_seen,
+                                 cfg.train.batch_size * world)
             for k, m in emas.items():
                 ema.update(m, nets[k], decay)
             _maybe_fail(cfg, step, rank, world, ctx.run_dir)
