@@ -13,14 +13,8 @@ from pipeline.engine.checkpoint import load
 from pipeline.engine.context import checkpoints, train_local
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread):
-    pass
-
-
-@pytest.fixture
-def shards(tiny_shards16):
-    return tiny_shards16
+# Tiny convolutions on one thread (conftest's one_torch_thread); data: conftest's tiny_shards16.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x():
@@ -85,17 +79,17 @@ def _cfg(steps, **aug):
                             *(f"aug.{k}={v}" for k, v in aug.items())])
 
 
-def test_ada_p_survives_a_resume(shards, tmp_path):
+def test_ada_p_survives_a_resume(tiny_shards16, tmp_path):
     run = tmp_path / "run"
     kw = dict(kind="ada", ada_speed_kimg=0.05, ada_target=0.1, ada_p_init=0.5)   # +-0.16 a log
-    _, c1 = train_local(_cfg(4, **kw), shards, run, quiet=True)
+    _, c1 = train_local(_cfg(4, **kw), tiny_shards16, run, quiet=True)
     saved = load(checkpoints(run)[-1])["family"]["aug_p"]
     assert saved == c1.reports[-1]["aug_p"] and "ada_sign" in c1.reports[-1]
     assert 0 < saved < 1 and saved != 0.5
     fam = families.of(_cfg(8, **kw))
     fam.load_state({"aug_p": saved})
     assert fam.state() == {"aug_p": saved}
-    _, c2 = train_local(_cfg(8, **kw), shards, run, quiet=True)
+    _, c2 = train_local(_cfg(8, **kw), tiny_shards16, run, quiet=True)
     first = c2.reports[0]
     assert first["step"] == 6
     step = 8 / 50 * (1 if first["ada_sign"] > 0.1 else -1 if first["ada_sign"] < 0.1 else 0)
@@ -103,10 +97,10 @@ def test_ada_p_survives_a_resume(shards, tmp_path):
     assert load(checkpoints(run)[-1])["family"]["aug_p"] == c2.reports[-1]["aug_p"]
 
 
-def test_kind_none_is_bit_identical(shards, tmp_path):
-    _, a = train_local(_cfg(2), shards, tmp_path / "a", quiet=True)
-    _, b = train_local(_cfg(2, kind="none"), shards, tmp_path / "b", quiet=True)
-    _, d = train_local(_cfg(2, kind="diffaugment"), shards, tmp_path / "d", quiet=True)
+def test_kind_none_is_bit_identical(tiny_shards16, tmp_path):
+    _, a = train_local(_cfg(2), tiny_shards16, tmp_path / "a", quiet=True)
+    _, b = train_local(_cfg(2, kind="none"), tiny_shards16, tmp_path / "b", quiet=True)
+    _, d = train_local(_cfg(2, kind="diffaugment"), tiny_shards16, tmp_path / "d", quiet=True)
     pick = lambda r: {k: v for k, v in r.items() if k != "images_per_s"}  # noqa: E731
     assert pick(a.reports[-1]) == pick(b.reports[-1]) and "aug_p" not in a.reports[-1]
     assert pick(d.reports[-1])["loss_d"] != pick(a.reports[-1])["loss_d"]

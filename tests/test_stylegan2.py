@@ -30,14 +30,8 @@ def _cfg(steps=16, model=None, **loss):
         "tracking": {"samples": 4}, "scaling": {"num_workers": 1}})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread):
-    pass
-
-
-@pytest.fixture
-def shards(tiny_shards16):
-    return tiny_shards16
+# Tiny convolutions on one thread (conftest's one_torch_thread); data: conftest's tiny_shards16.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_forward_backward_at_32px():
@@ -76,13 +70,13 @@ def test_modulated_conv_is_per_sample_conv_and_demodulation_normalises():
     assert plain.std() > 5 * got.std()
 
 
-def test_lazy_phases_run_at_their_intervals(shards, tmp_path, monkeypatch):
+def test_lazy_phases_run_at_their_intervals(tiny_shards16, tmp_path, monkeypatch):
     fam_cls = families.get("stylegan2")
     calls, loss = [], fam_cls.loss
     monkeypatch.setattr(fam_cls, "loss", lambda self, ph, nets, b, ctx: (
         calls.append((ctx.step, ph.name)), loss(self, ph, nets, b, ctx))[1])
     cfg = _cfg(16, {"pl_every": 4}, r1_gamma=1.0, r1_every=8)
-    _, ctx = train_local(cfg, shards, tmp_path / "run", quiet=True)
+    _, ctx = train_local(cfg, tiny_shards16, tmp_path / "run", quiet=True)
     by = lambda name: [s for s, n in calls if n == name]                     # noqa: E731
     assert by("Dmain") == by("Gmain") == list(range(1, 17))
     assert by("Dreg") == [8, 16] and by("Greg") == [4, 8, 12, 16]
@@ -95,9 +89,9 @@ def test_lazy_phases_run_at_their_intervals(shards, tmp_path, monkeypatch):
     assert g["betas"] == pytest.approx((0.5 ** 0.8, 0.999 ** 0.8)) and d["betas"][1] == pytest.approx(0.999 ** (8 / 9))
 
 
-def test_pl_mean_is_state_and_survives_a_resume(shards, tmp_path, monkeypatch):
+def test_pl_mean_is_state_and_survives_a_resume(tiny_shards16, tmp_path, monkeypatch):
     cfg, run = _cfg(8, {"pl_every": 2}), tmp_path / "run"
-    train_local(_cfg(4, {"pl_every": 2}), shards, run, quiet=True)
+    train_local(_cfg(4, {"pl_every": 2}), tiny_shards16, run, quiet=True)
     first = load(checkpoints(run)[-1])["family"]["pl_mean"]
     assert first.dtype == torch.float32 and first > 0
     fam = families.of(cfg)
@@ -106,7 +100,7 @@ def test_pl_mean_is_state_and_survives_a_resume(shards, tmp_path, monkeypatch):
     fam_cls, greg, seen = families.get("stylegan2"), families.get("stylegan2")._loss_Greg, []
     monkeypatch.setattr(fam_cls, "_loss_Greg", lambda self, *a: (seen.append(self.pl_mean.clone()),
                                                                  greg(self, *a))[1])
-    train_local(cfg, shards, run, quiet=True)                # resumes at step 4, Greg at 6 and 8
+    train_local(cfg, tiny_shards16, run, quiet=True)                # resumes at step 4, Greg at 6 and 8
     assert len(seen) == 2 and torch.equal(seen[0], first)    # the first Greg continues it exactly
     last = load(checkpoints(run)[-1])["family"]["pl_mean"]
     assert last.item() != first.item()
