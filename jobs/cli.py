@@ -113,10 +113,13 @@ def quickstart(overrides, dry_run, address, verbose) -> int:
               help="image folder: DIR/<class>/.../img.png (class = first-level folder) or images "
                    "directly in DIR (unlabelled); unreadable files are skipped and listed in "
                    "OUT/rejected.txt")
-@click.option("--builtin", type=click.Choice(["shapestack", "digits"]))
+@click.option("--pairs", nargs=2, metavar="SOURCE_DIR TARGET_DIR",
+              help="paired data (pix2pix): one sample per file name found in both folders (source.png "
+                   "+ target.png); files without a partner are listed in OUT/rejected.txt")
+@click.option("--builtin", type=click.Choice(["shapestack", "digits", "shapepairs", "shapeunpaired", "shapestyles"]))
 @click.option("--out", required=True)
 @click.option("--resolution", type=int, default=32)
-@click.option("--n", type=int, default=10000, help="samples (shapestack only)")
+@click.option("--n", type=int, default=10000, help="samples (--builtin; digits has 1797)")
 @click.option("--shard-size", type=int, default=1000)
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png")
 @click.option("--seed", type=int, default=0,
@@ -127,12 +130,22 @@ def quickstart(overrides, dry_run, address, verbose) -> int:
 @click.option("--strict", is_flag=True,
               help="--from-folder: stop at the first unreadable file instead of skipping it")
 @click.option("--unlabelled", is_flag=True, help="--from-folder: every image at any depth, without classes")
-def shards(from_folder, builtin, out, resolution, n, shard_size, fmt, seed, workers, strict,
+def shards(from_folder, pairs, builtin, out, resolution, n, shard_size, fmt, seed, workers, strict,
            unlabelled) -> int:
-    """Write WebDataset shards from an image folder (--from-folder) or a built-in set (--builtin)."""
-    if bool(from_folder) == bool(builtin):
-        raise click.UsageError("give exactly one of --from-folder DIR or --builtin NAME")
-    if from_folder:
+    """Write WebDataset shards from an image folder (--from-folder), two folders of pairs (--pairs)
+    or a built-in set (--builtin).
+
+    Unpaired and multi-domain data (CycleGAN, StarGAN) is one folder per domain: --from-folder DIR
+    with DIR/<domain>/... gives every image its domain as cls."""
+    if sum(map(bool, (from_folder, pairs, builtin))) != 1:
+        raise click.UsageError("give exactly one of --from-folder DIR, --pairs SOURCE_DIR TARGET_DIR "
+                               "or --builtin NAME")
+    if pairs:
+        from pipeline.data.convert import convert_pairs
+
+        manifest = convert_pairs(*pairs, out, resolution=resolution, seed=seed, fmt=fmt,
+                                 shard_size=shard_size, workers=workers, strict=strict)
+    elif from_folder:
         from pipeline.data.convert import convert_folder
 
         manifest = convert_folder(from_folder, out, resolution=resolution, seed=seed, fmt=fmt,
@@ -143,7 +156,8 @@ def shards(from_folder, builtin, out, resolution, n, shard_size, fmt, seed, work
 
         manifest = datasets.build_builtin(builtin, out, resolution=resolution, n=n,
                                           shard_size=shard_size, seed=seed, fmt=fmt)
-    classes = f"{manifest['num_classes']} classes" if manifest["num_classes"] else "unlabelled"
+    classes = f"{manifest['num_classes']} classes" if manifest["num_classes"] else (
+        "pairs" if pairs else "unlabelled")
     rejected = f", {manifest['rejected']} files rejected" if manifest.get("rejected") else ""
     print(f"wrote {manifest['samples']} samples in {len(manifest['shards'])} shards to {out} "
           f"({classes}, {manifest['resolution']} px, {manifest['format']}{rejected})")

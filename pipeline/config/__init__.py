@@ -44,7 +44,7 @@ class DataConfig:
     # (local paths, file://, http(s)://, s3://, gs://, pipe:). None means the built-in dataset below, whose
     # shards are written under $GANFORGE_HOME/data on first use.
     shards: str | None = None
-    builtin: Literal["shapestack", "digits"] = "shapestack"
+    builtin: Literal["shapestack", "digits", "shapepairs", "shapeunpaired", "shapestyles"] = "shapestack"
     builtin_samples: int = 4096          # images written when the built-in dataset is built
     builtin_shard_size: int = 512         # samples per shard for the built-in dataset
     resolution: int = 32                  # px; images are resized/cropped to this square size
@@ -380,6 +380,10 @@ def _cross_check(cfg: Config) -> None:
     if res is not None:
         _check(res == cfg.data.resolution, "data.resolution",
                f"{cfg.data.resolution} differs from model.resolution {res}")
+    from pipeline import families
+
+    for key, msg in families.of(cfg).config_problems():
+        _check(False, key, msg)
 
 
 def to_dict(cfg: Config) -> dict:

@@ -52,17 +52,37 @@ def order(n: int, seed: int) -> list[int]:
     return idx
 
 
-def _work(task: tuple[str, int | None, str, str, int | None]) -> tuple[bool, bytes | str]:
-    """In a worker: (True, the sample's tar members) for one file, or (False, reason) for a file
-    that cannot be used. The members are built here, not in the writer: tarfile's headers cost
-    about a sixth of a small image's conversion, and the single writer would bound the rate."""
-    path, resolution, fmt, key, label = task
-    try:
-        ext, data = folder.encode(path, resolution, fmt)
-    except DataError as e:
-        return False, str(e).removeprefix(f"{path}: ")
-    members = {ext: data} if label is None else {"cls": str(label).encode("ascii"), ext: data}
+def _work(task: tuple[tuple[tuple[str, str], ...], int | None, str, str, int | None]
+          ) -> tuple[bool, bytes | str]:
+    """In a worker: (True, the sample's tar members) for one sample's files ((member prefix, path):
+    ("", img) for a plain image, ("source", a), ("target", b) for a pair), or (False, reason) if one
+    cannot be used. The members are built here, not in the writer: tarfile's headers cost about a
+    sixth of a small image's conversion, and the single writer would bound the rate."""
+    parts, resolution, fmt, key, label = task
+    members = {} if label is None else {"cls": str(label).encode("ascii")}
+    sizes = {}
+    for prefix, path in parts:
+        try:
+            ext, data = folder.encode(path, resolution, fmt)
+        except DataError as e:
+            why = str(e).removeprefix(f"{path}: ")
+            return False, why if len(parts) == 1 else f"{prefix} {path}: {why}"
+        members[f"{prefix}.{ext}" if prefix else ext] = data
+        if len(parts) > 1:
+            sizes[prefix] = _size_of(path)
+    if len(set(sizes.values())) > 1:   # a pair must be aligned pixel for pixel before resizing
+        return False, " and ".join(f"{k} {w}x{h}" for k, (w, h) in sizes.items()) + \
+            f" differ in size ({parts[-1][1]})"
     return True, b"".join(_member(f"{key}.{k}", members[k]) for k in sorted(members))
+
+
+def _size_of(path: str) -> tuple[int, int]:
+    """(width, height) after EXIF rotation, from the header (the file decoded fine already)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
 
 
 def _member(name: str, data: bytes) -> bytes:
@@ -119,25 +139,71 @@ def convert_folder(root: str | Path, out: str | Path, *, resolution: int, seed: 
     """Write the images of `root` as shards into `out` (see the module doc) and return the manifest.
     progress: a tqdm bar on stderr; None -> only when stderr is a terminal. log: where the summary
     of rejected files goes (a callable taking a line; default print to stderr)."""
-    from tqdm import tqdm
-
     log = log or (lambda line: print(line, file=sys.stderr))
     root, out = Path(root), Path(out)
+    _check_options(fmt, shard_size, resolution)
+    workers = default_workers() if workers is None else int(workers)
+    scan = folder.scan(root, unlabelled=unlabelled)
+    _check_out(out, root)
+
+    perm = order(len(scan.files), seed)
+    tasks = [((("", str(root / scan.files[i])),), resolution, fmt, scan.keys[i],
+              scan.labels[i] if scan.labelled else None) for i in perm]
+    return _convert(tasks, perm, scan, out, strict=strict, shard_size=shard_size, resolution=resolution,
+                    fmt=fmt, seed=seed, workers=workers, progress=progress, log=log)
+
+
+def convert_pairs(source: str | Path, target: str | Path, out: str | Path, *, resolution: int,
+                  seed: int = 0, fmt: str = "png", shard_size: int = 1000, workers: int | None = None,
+                  strict: bool = False, progress: bool | None = None, log=None) -> dict:
+    """Paired shards (pix2pix): each sample holds `source.EXT` and `target.EXT`, the two files
+    with the same relative path up to the extension in `source` and `target` (a/001.png pairs with
+    a/001.jpg). A file without its partner is not dropped silently: it is listed in rejected.txt
+    ("no partner in TARGET") and counted, or with `strict` raises naming it. Otherwise as
+    convert_folder (seeded order, processes, bad files skipped and listed, atomic)."""
+    log = log or (lambda line: print(line, file=sys.stderr))
+    source, target, out = Path(source), Path(target), Path(out)
+    _check_options(fmt, shard_size, resolution)
+    workers = default_workers() if workers is None else int(workers)
+    scans = [folder.scan(r, unlabelled=True) for r in (source, target)]
+    for r in (source, target):
+        _check_out(out, r)
+    stems = [{str(Path(f).with_suffix("")): f for f in sc.files} for sc in scans]
+    unmatched = [(f"{sc.root.name}/{f}", f"no partner in {other.root}") for sc, other, mine, theirs in
+                 ((scans[0], scans[1], stems[0], stems[1]), (scans[1], scans[0], stems[1], stems[0]))
+                 for stem, f in mine.items() if stem not in theirs]
+    if unmatched and strict:
+        raise DataError(f"{unmatched[0][0]}: {unmatched[0][1]} (--strict stops at the first "
+                        f"unpaired file; without it, such files are listed in {REJECTED})")
+    both = sorted(set(stems[0]) & set(stems[1]))
+    if not both:
+        raise DataError(f"no file in {source} has a partner with the same name in {target} "
+                        f"(pairs match by relative path without the extension)")
+    pairs = folder.Scan(root=source, files=[stems[0][k] for k in both], labels=None, classes=[],
+                        ignored=scans[0].ignored + scans[1].ignored, keys=folder.keys(both))
+    perm = order(len(both), seed)
+    tasks = [((("source", str(source / stems[0][both[i]])), ("target", str(target / stems[1][both[i]]))),
+              resolution, fmt, pairs.keys[i], None) for i in perm]
+    return _convert(tasks, perm, pairs, out, strict=strict, shard_size=shard_size, resolution=resolution,
+                    fmt=fmt, seed=seed, workers=workers, progress=progress, log=log,
+                    unmatched=unmatched, source_name=f"pairs:{source}|{target}")
+
+
+def _check_options(fmt: str, shard_size: int, resolution: int) -> None:
     if fmt not in ("png", "jpg"):
         raise DataError(f"format {fmt!r}: use 'png' or 'jpg'")
     if shard_size < 1:
         raise DataError(f"shard_size must be >= 1, got {shard_size}")
     if resolution < 1:
         raise DataError(f"resolution must be >= 1, got {resolution}")
-    workers = default_workers() if workers is None else int(workers)
+
+
+def _convert(tasks, perm, scan, out: Path, *, strict, shard_size, resolution, fmt, seed, workers,
+             progress, log, unmatched=(), source_name=None) -> dict:
+    from tqdm import tqdm
+
     if workers < 1:
         raise DataError(f"workers must be >= 1, got {workers}")
-    scan = folder.scan(root, unlabelled=unlabelled)
-    _check_out(out, root)
-
-    perm = order(len(scan.files), seed)
-    tasks = [(str(root / scan.files[i]), resolution, fmt, scan.keys[i],
-              scan.labels[i] if scan.labelled else None) for i in perm]
 
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +224,8 @@ def convert_folder(root: str | Path, out: str | Path, *, resolution: int, seed: 
                    (not sys.stderr.isatty()) if progress is None else not progress, dynamic_ncols=True)
         try:
             manifest = _write(bar, perm, scan, tmp, strict=strict, shard_size=shard_size,
-                              resolution=resolution, fmt=fmt, seed=seed)
+                              resolution=resolution, fmt=fmt, seed=seed, unmatched=list(unmatched),
+                              source_name=source_name)
         finally:
             bar.close()
         if pool is not None:
@@ -182,7 +249,8 @@ def convert_folder(root: str | Path, out: str | Path, *, resolution: int, seed: 
     rejected = manifest["rejected"]
     if rejected:
         lines = (out / REJECTED).read_text().splitlines()
-        log(f"rejected {rejected} of {len(scan.files)} files (all listed in {out / REJECTED}):")
+        what = "files" if not source_name else "files or pairs"
+        log(f"rejected {rejected} of {len(scan.files) + len(unmatched)} {what} (all listed in {out / REJECTED}):")
         for line in lines[:SHOW_REJECTED]:
             path, _, why = line.partition("\t")
             log(f"  {path}: {why}")
@@ -191,8 +259,9 @@ def convert_folder(root: str | Path, out: str | Path, *, resolution: int, seed: 
     return manifest
 
 
-def _write(results, perm, scan, tmp: Path, *, strict, shard_size, resolution, fmt, seed) -> dict:
-    shards, rejected, writer, counts = [], [], None, [0] * len(scan.classes)
+def _write(results, perm, scan, tmp: Path, *, strict, shard_size, resolution, fmt, seed,
+           unmatched: list, source_name: str | None) -> dict:
+    shards, rejected, writer, counts = [], unmatched, None, [0] * len(scan.classes)
     n = 0
     try:
         for i, (ok, blob) in zip(perm, results):
@@ -227,7 +296,7 @@ def _write(results, perm, scan, tmp: Path, *, strict, shard_size, resolution, fm
         (tmp / REJECTED).write_text("".join(f"{p}\t{why}\n" for p, why in sorted(rejected)))
     manifest = {
         "samples": n, "classes": list(scan.classes), "num_classes": len(scan.classes),
-        "resolution": resolution, "format": fmt, "source": str(scan.root), "shards": shards,
+        "resolution": resolution, "format": fmt, "source": source_name or str(scan.root), "shards": shards,
         "sha256": hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest(),
         "order": "shuffled", "seed": seed, "files": len(scan.files), "rejected": len(rejected),
         "ignored": scan.ignored,

@@ -55,11 +55,40 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_shards(samples: Iterable[tuple[str, np.ndarray | bytes, int]], out_dir: str | Path, *,
+def _members(key: str, sample: tuple, fmt: str, classes: list[str]) -> dict[str, bytes]:
+    """One sample's tar members. (image, label) -> {ext: image, "cls": label}; a dict of members
+    (paired and unpaired translation data, captions) -> an image per array or encoded bytes, named
+    NAME.ext ("source" -> "source.png"), ints and strs as text ("cls" -> "3", "txt" -> utf-8)."""
+    if len(sample) == 2:
+        image, label = sample
+        sample = {"": image, "cls": label}
+    else:
+        (sample,) = sample
+        if not isinstance(sample, dict) or not sample:
+            raise DataError(f"sample {key!r}: expected (key, image, label) or (key, {{member: value}})")
+    out = {}
+    for name, value in sample.items():
+        if name == "cls":
+            label = int(value)
+            if not 0 <= label < len(classes):
+                raise DataError(f"sample {key!r}: label {label} outside [0, {len(classes)})")
+            out["cls"] = str(label).encode("ascii")
+        elif isinstance(value, (int, np.integer)):
+            out[name] = str(int(value)).encode("ascii")
+        elif isinstance(value, str):
+            out[name] = value.encode("utf-8")
+        else:
+            ext, data = _encode(key, value, fmt)
+            out[f"{name}.{ext}" if name else ext] = data
+    return out
+
+
+def write_shards(samples: Iterable[tuple], out_dir: str | Path, *,
                  resolution: int, classes: list[str], source: str, fmt: str = "png",
                  shard_size: int = 512, prefix: str = "shard") -> dict:
-    """Write (key, HxWx3 uint8 array or PNG/JPEG bytes, label) samples as tar shards plus a
-    manifest.json (written last, atomically). Returns the manifest."""
+    """Write samples as tar shards plus a manifest.json (written last, atomically); returns the
+    manifest. A sample is (key, HxWx3 uint8 array or PNG/JPEG bytes, label), or (key, dict of
+    members) for several images per sample (see _members)."""
     if fmt not in ("png", "jpg"):
         raise DataError(f"format {fmt!r}: use 'png' or 'jpg'")
     if shard_size < 1:
@@ -70,24 +99,21 @@ def write_shards(samples: Iterable[tuple[str, np.ndarray | bytes, int]], out_dir
     (out_dir / MANIFEST).unlink(missing_ok=True)
 
     shards, seen, writer = [], set(), None
-    for i, (key, image, label) in enumerate(samples):
+    for i, (key, *sample) in enumerate(samples):
         if not isinstance(key, str) or not key or "." in key or key.startswith("__"):
             # webdataset splits member names at the first dot; "__x__" names are metadata.
             raise DataError(f"sample key {key!r}: must be a non-empty string without '.' or leading '__'")
         if key in seen:
             raise DataError(f"sample key {key!r} appears twice")
         seen.add(key)
-        label = int(label)
-        if not 0 <= label < len(classes):
-            raise DataError(f"sample {key!r}: label {label} outside [0, {len(classes)})")
-        ext, data = _encode(key, image, fmt)
+        members = _members(key, tuple(sample), fmt, classes)
         if i % shard_size == 0:
             if writer is not None:
                 writer.close()
             name = f"{prefix}-{len(shards):06d}.tar"
             shards.append({"name": name, "count": 0})
             writer = TarWriter(str(out_dir / name), encoder=False, mtime=MTIME)
-        writer.write({"__key__": key, ext: data, "cls": str(label).encode("ascii")})
+        writer.write({"__key__": key, **members})
         shards[-1]["count"] += 1
     if writer is None:
         raise DataError(f"no samples to write into {out_dir}")

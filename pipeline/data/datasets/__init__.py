@@ -4,10 +4,18 @@ from __future__ import annotations
 from itertools import islice
 from pathlib import Path
 
-from pipeline.data.datasets import digits, shapestack
+from pipeline.data.datasets import digits, shapepairs, shapestack
 from pipeline.data.shards import DataError, load_manifest, write_shards
 
-BUILTIN = {"shapestack": shapestack, "digits": digits}
+# name -> (class or domain names, samples(n, resolution, seed) for write_shards)
+BUILTIN = {
+    "shapestack": (shapestack.CLASSES, shapestack.samples),
+    "digits": (digits.CLASSES, lambda n, r, s: islice(digits.samples(r, s), n)),
+    "shapepairs": (shapestack.CLASSES, shapepairs.paired),       # pix2pix: source.png -> target.png
+    "shapeunpaired": (list(shapepairs.UNPAIRED),                 # CycleGAN: cls = domain A or B
+                      lambda n, r, s: shapepairs.styles(n, r, s, shapepairs.UNPAIRED)),
+    "shapestyles": (shapepairs.CLASSES, shapepairs.styles),      # StarGAN: cls = one of 3 domains
+}
 
 
 def build_builtin(name: str, out_dir: str | Path, *, resolution: int, n: int, shard_size: int,
@@ -24,10 +32,6 @@ def build_builtin(name: str, out_dir: str | Path, *, resolution: int, n: int, sh
             return existing
     except DataError:
         pass  # nothing (complete) there yet
-    module = BUILTIN[name]
-    if name == "shapestack":
-        items = module.samples(n, resolution, seed)
-    else:
-        items = islice(module.samples(resolution, seed), n)
-    return write_shards(items, out_dir, resolution=resolution, classes=module.CLASSES, source=source,
+    classes, samples = BUILTIN[name]
+    return write_shards(samples(n, resolution, seed), out_dir, resolution=resolution, classes=classes, source=source,
                         fmt=fmt, shard_size=shard_size)

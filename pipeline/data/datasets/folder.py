@@ -189,3 +189,32 @@ def _reason(e: Exception) -> str:
     if "cannot identify image file" in msg:
         return "not an image PIL can decode (unsupported format or not an image)"
     return msg.splitlines()[0][:200]
+
+
+def read_images(path: str | Path, resolution: int) -> tuple[list[str], object, list[tuple[str, str]]]:
+    """An image file, or every image under a folder (hidden entries skipped), decoded and fitted
+    to resolution x resolution exactly as shards are written (`encode`) -> (relative names, uint8
+    [n, 3, R, R], [(name, reason)] of the files that could not be used). For `ganforge translate`."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    path = Path(path)
+    if path.is_file():
+        root, files = path.parent, [path.name]
+    elif path.is_dir():
+        root, (files, _) = path, _walk(path)
+    else:
+        raise DataError(f"{path}: no such file or folder")
+    names, images, bad = [], [], []
+    for rel in files:
+        try:
+            _, data = encode(root / rel, resolution, "png")
+        except DataError as e:
+            bad.append((rel, str(e).removeprefix(f"{root / rel}: ")))
+            continue
+        names.append(rel)
+        images.append(decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB))
+    if not images:
+        first = f" (first: {bad[0][0]}: {bad[0][1]})" if bad else ""
+        raise DataError(f"{path}: no usable image{first}")
+    return names, torch.stack(images), bad

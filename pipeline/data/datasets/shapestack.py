@@ -60,8 +60,13 @@ def _params(n: int, seed: int) -> dict:
             "bg": rng.uniform(0, 40, shape)}
 
 
-def _render(p: dict, resolution: int) -> np.ndarray:
-    """Params of n images -> uint8 [n, R, R, 3]."""
+STYLES = ("filled", "outline", "inverted")
+
+
+def _render(p: dict, resolution: int, style: str = "filled") -> np.ndarray:
+    """Params of n images -> uint8 [n, R, R, 3]. style: filled glyphs (the dataset), their
+    outlines (a stroke along the boundary), or filled with foreground and background swapped
+    (the translation tasks' domains, pipeline.data.datasets.shapepairs)."""
     n = len(p["glyphs"])
     x = ((np.arange(resolution) + 0.5) / resolution * 2 - 1).astype(np.float32)
     flat = {k: np.asarray(a, np.float32).reshape(-1, 1, 1) for k, a in p.items()}  # [n*3, 1, 1]
@@ -71,9 +76,12 @@ def _render(p: dict, resolution: int) -> np.ndarray:
         s = flat["scale"][m]
         u, v = (x[None, None, :] - flat["dx"][m]) / s, (x[None, :, None] - flat["dy"][m]) / s
         d[m] = _sdf(g, u, v, flat["stroke"][m]) * s
+    if style == "outline":   # a stroke of width 0.12 centred on the boundary
+        d = np.abs(d) - 0.06
     # Coverage of a pixel by the shape, from the distance in pixel units: cheap anti-aliasing.
     alpha = np.clip(0.5 - d * (resolution / 2), 0, 1)
-    img = flat["bg"] + (flat["fg"] - flat["bg"]) * alpha
+    fg, bg = (flat["bg"], flat["fg"]) if style == "inverted" else (flat["fg"], flat["bg"])
+    img = bg + (fg - bg) * alpha
     return np.rint(img).astype(np.uint8).reshape(n, 3, resolution, resolution).transpose(0, 2, 3, 1)
 
 
@@ -115,26 +123,21 @@ def _features(x: torch.Tensor) -> torch.Tensor:
     return f / f.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
-_templates: dict[int, torch.Tensor] = {}
+_templates: dict[tuple[int, str], torch.Tensor] = {}
 
 
-def _template(resolution: int) -> torch.Tensor:
+def _template(resolution: int, style: str = "filled") -> torch.Tensor:
     """[10, G*G] features of each glyph drawn without jitter at this resolution."""
-    if resolution not in _templates:
+    if (resolution, style) not in _templates:
         g = np.repeat(np.arange(10)[:, None], 3, 1)
         p = {"glyphs": g, "dx": np.zeros((10, 3)), "dy": np.zeros((10, 3)), "scale": np.full((10, 3), 0.975),
              "stroke": np.full((10, 3), 0.2), "fg": np.full((10, 3), 255.0), "bg": np.zeros((10, 3))}
-        img = torch.from_numpy(_render(p, resolution)).permute(0, 3, 1, 2).float()
-        _templates[resolution] = _features(img)[:, 0]
-    return _templates[resolution]
+        img = torch.from_numpy(_render(p, resolution, style)).permute(0, 3, 1, 2).float()
+        _templates[resolution, style] = _features(img)[:, 0]
+    return _templates[resolution, style]
 
 
-def oracle(images) -> np.ndarray:
-    """Recover the three glyphs of each image -> int [n, 3].
-
-    images: uint8 HWC ([n, R, R, 3] or one [R, R, 3]; numpy or torch) or float CHW in [-1, 1]
-    ([n, 3, R, R] or one [3, R, R]), e.g. generator output.
-    """
+def _as_float(images) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images).detach().cpu()
     if x.dtype == torch.uint8:
         x = (x[None] if x.dim() == 3 else x).permute(0, 3, 1, 2).float()
@@ -142,5 +145,19 @@ def oracle(images) -> np.ndarray:
         x = (x[None] if x.dim() == 3 else x).float()
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"oracle expects uint8 [n, R, R, 3] or float [n, 3, R, R], got {tuple(x.shape)}")
-    scores = torch.einsum("ncg,kg->nck", _features(x), _template(x.shape[-1]))
-    return scores.argmax(-1).numpy()
+    return x
+
+
+def scores(images, style: str = "filled") -> torch.Tensor:
+    """[n, 3, 10] normalised correlation of each channel with each glyph's template in `style`."""
+    x = _as_float(images)
+    return torch.einsum("ncg,kg->nck", _features(x), _template(x.shape[-1], style))
+
+
+def oracle(images, style: str = "filled") -> np.ndarray:
+    """Recover the three glyphs of each image -> int [n, 3].
+
+    images: uint8 HWC ([n, R, R, 3] or one [R, R, 3]; numpy or torch) or float CHW in [-1, 1]
+    ([n, 3, R, R] or one [3, R, R]), e.g. generator output. style: how they are drawn.
+    """
+    return scores(images, style).argmax(-1).numpy()
