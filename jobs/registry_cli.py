@@ -129,6 +129,9 @@ def sample(source, n, cls, truncation, code, seed, out, individual, device) -> i
     from pipeline.families import sampling
 
     G = registry.load_generator(source, device=device)
+    if G.translates:
+        raise ValueError(f"{source}: a {G.family.name} translator takes images, not noise; use "
+                         f"`ganforge translate {source} --input IMG_OR_DIR --out DIR`")
     fixed = {"cls": cls}
     for kv in code:
         k, sep, v = kv.partition("=")
@@ -147,4 +150,61 @@ def sample(source, n, cls, truncation, code, seed, out, individual, device) -> i
     return 0
 
 
-COMMANDS = [register, promote, models, pull, sample]
+@click.command(short_help="translate images with a registered or pulled translator")
+@click.argument("source")
+@click.option("--input", "inp", required=True, metavar="IMG_OR_DIR",
+              help="an image file, or a folder of images (searched recursively); each is fitted to "
+                   "the model's resolution as training data was")
+@click.option("--out", required=True, metavar="DIR",
+              help="folder for one PNG per input (same relative path) and grid.png (input | output)")
+@click.option("--to", "to", help="target domain, by name or index (StarGAN's domains; CycleGAN: A "
+              "or B's name); default: the model's own (pix2pix and CycleGAN translate A -> B)")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="cpu", help="torch device, e.g. cuda")
+def translate(source, inp, out, to, batch_size, device) -> int:
+    """Translate images with an image-to-image generator (pix2pix, CycleGAN, StarGAN).
+
+    SOURCE is models:/NAME@ALIAS (or /VERSION), runs:/..., a folder from `ganforge pull` or a
+    training checkpoint folder. Unreadable input files are skipped and named on stderr.
+    """
+    _cli_env()
+    import sys
+
+    import torch
+    from pipeline.data.datasets import folder
+    from pipeline.families import sampling
+    from pipeline.families.spec import Domain
+
+    from pipeline.tracking import registry
+
+    G = registry.load_generator(source, device=device)
+    if not G.translates:
+        raise ValueError(f"{source}: a {G.family.name} generator makes images from noise; "
+                         f"use `ganforge sample`, not translate")
+    fixed = None
+    if to is not None:
+        key = next((k for k, s in G.specs.items() if isinstance(s, Domain)), None)
+        if key is None:
+            raise ValueError(f"--to {to}: this {G.family.name} translator has one direction only")
+        fixed = {key: to}
+    names, images, bad = folder.read_images(inp, G.resolution())
+    for name, why in bad:
+        print(f"ganforge translate: skipped {name}: {why}", file=sys.stderr)
+    outs = torch.cat([G.translate(images[i:i + batch_size], fixed=fixed)
+                      for i in range(0, len(images), batch_size)])
+    import torchvision.io as tio
+
+    out = Path(out)
+    for name, img in zip(names, outs):
+        p = (out / name).with_suffix(".png")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tio.write_png(img.contiguous(), str(p))
+    k = min(len(images), 32)
+    sampling.write_grid(torch.stack([images[:k], outs[:k]], 1).flatten(0, 1), out / "grid.png",
+                        nrow=2 * max(1, int(k ** 0.5)))
+    skipped = f"; skipped {len(bad)} unreadable" if bad else ""
+    print(f"translated {len(names)} images into {out}{skipped}")
+    return 0
+
+
+COMMANDS = [register, promote, models, pull, sample, translate]

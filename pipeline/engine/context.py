@@ -32,12 +32,12 @@ class LocalTracker:
     def metrics(self, values: dict[str, float], step: int) -> None:
         self._append({"step": step, **values})
 
-    def grid(self, images: torch.Tensor, step: int) -> str:
+    def grid(self, images: torch.Tensor, step: int, nrow: int | None = None) -> str:
         import torchvision.utils as vutils
 
         p = self.dir / "samples" / f"step_{step:07d}.png"
         p.parent.mkdir(exist_ok=True)
-        nrow = max(1, int(len(images) ** 0.5))
+        nrow = nrow or max(1, int(len(images) ** 0.5))
         vutils.save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, p, nrow=nrow, padding=1)
         return str(p)
 

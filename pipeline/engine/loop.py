@@ -21,7 +21,6 @@ from pipeline import families
 from pipeline.data.fields import Image
 from pipeline.engine import best as B
 from pipeline.engine import checkpoint, ema
-from pipeline.families import sampling
 from pipeline.families.spec import Ctx
 from pipeline.tracking import storage
 
@@ -267,7 +266,7 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
                     tracker.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
                     if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
                         last_grid = _grid(tracker, fam, {k: emas.get(k, nets[k]) for k in fam.sample_nets},
-                                          step, cfg, grid_seed)
+                                          step, cfg, grid_seed, batch)
                     if ckpt_due:
                         checkpoint.save(state(), td, meta={"model": config_dict["model"]["name"],
                                                            "images_seen": images_seen, **fam.metrics()})
@@ -282,9 +281,9 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
     return {"step": total, "last_grid": last_grid}
 
 
-def _grid(tracker, fam, sample_nets, step: int, cfg: C.Config, seed: int) -> str:
-    images = sampling.images(fam, sample_nets, 0, cfg.tracking.samples, seed=seed)
+def _grid(tracker, fam, sample_nets, step: int, cfg: C.Config, seed: int, batch: dict) -> str:
+    images, nrow = fam.grid(sample_nets, cfg.tracking.samples, seed, batch)
     size = cfg.data.resolution
     if images.shape[-1] != size:   # a growing model's current stage: blocky pixels, full-size grid
         images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="nearest")
-    return tracker.grid(images.cpu(), step)
+    return tracker.grid(images.cpu(), step, nrow)

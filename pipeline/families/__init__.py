@@ -18,6 +18,9 @@ _MODULES = (
     "pipeline.families.acgan",
     "pipeline.families.infogan",
     "pipeline.families.stylegan2",
+    "pipeline.families.pix2pix",
+    "pipeline.families.cyclegan",
+    "pipeline.families.stargan",
 )
 
 

@@ -27,7 +27,7 @@ from pipeline import families
 from pipeline.engine import checkpoint as ckpt
 from pipeline.engine.checkpoint import sha256_file
 from pipeline.families import sampling
-from pipeline.families.spec import Categorical, ClassLabel, Family, Latent, Nets
+from pipeline.families.spec import Categorical, ClassLabel, Domain, Family, Latent, Nets, SourceImage
 
 MANIFEST, WEIGHTS, CONFIG, PT2 = "ganforge_model.json", "weights.pt", "config.yaml", "model.pt2"
 FORMAT = "ganforge-generator/2"
@@ -93,8 +93,34 @@ class Generator:
         """n images, uint8 N x 3 x H x W on the CPU; the same arguments give the same bytes."""
         return sampling.sample(self.family, self.nets, n, seed, truncation, fixed)
 
+    @property
+    def translates(self) -> bool:
+        """An image-to-image generator (pix2pix, CycleGAN, StarGAN): it takes images, not noise."""
+        return any(isinstance(s, SourceImage) for s in self.specs.values())
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The target domains a translator can be asked for (--to); () if it has no choice."""
+        d = [s for s in self.specs.values() if isinstance(s, Domain)]
+        return d[0].names if d else ()
+
+    def translate(self, images: torch.Tensor, fixed: dict | None = None, seed: int = 0) -> torch.Tensor:
+        """Translate uint8 N x 3 x H x W images (resized to the model's resolution if they are
+        not at it) -> uint8 N x 3 x R x R on the CPU; the same images and arguments, the same bytes."""
+        if not self.translates:
+            raise ValueError("this generator makes images from noise; use sample(), not translate()")
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected uint8 [n, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        r = next(s.resolution for s in self.specs.values() if isinstance(s, SourceImage))
+        x = images.float() / 127.5 - 1
+        if x.shape[-2:] != (r, r):
+            x = torch.nn.functional.interpolate(x, size=(r, r), mode="bilinear", antialias=True,
+                                                align_corners=False).clamp(-1, 1)
+        given = sampling.inputs(self.specs, 0, len(x), seed=seed, fixed=fixed, images=x)
+        return sampling.to_uint8(sampling.images(self.family, self.nets, 0, len(x), given=given)).cpu()
+
     def resolution(self) -> int:
-        return int(sampling.images(self.family, self.nets, 0, 2).shape[-1])
+        return int(sampling.images(self.family, self.nets, 0, 2, given=sampling.probe(self.specs)).shape[-1])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{n}.{k}": v.detach().cpu().contiguous().clone()
@@ -248,7 +274,7 @@ def export_pt2(gen: Generator, path: Path) -> None:
     from torch.export import Dim
 
     n = 2   # torch.export specializes a size-1 batch to a constant
-    args = tuple(sampling.inputs(gen.specs, 0, n).values())
+    args = tuple(sampling.probe(gen.specs, n).values())
     dyn = tuple({0: Dim.AUTO} for _ in args)
     # forward(*args): the dynamic shapes of the one varargs parameter are a tuple of its own.
     torch.export.save(torch.export.export(_Exported(gen).eval(), args, dynamic_shapes=(dyn,)), str(path))

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.families.spec import Categorical, ClassLabel, Input, Latent, Truncation, Uniform
+from pipeline.families.spec import (Categorical, ClassLabel, Domain, Input, Latent, SourceImage,
+                                    Truncation, Uniform)
 
 BLOCK = 256
 CHUNK = 64
@@ -59,17 +60,35 @@ def check_fixed(specs: dict[str, Input], fixed: dict | None) -> dict:
             out[name] = float(value)
         elif isinstance(s, Truncation):
             raise ValueError(f"{name}: set it with truncation (--truncation), not as a fixed input")
+        elif isinstance(s, Domain):
+            out[name] = domain_index(s, value, name)
+        elif isinstance(s, SourceImage):
+            raise ValueError(f"{name}: images to translate are given as images (--input), not fixed")
         else:
             raise ValueError(f"{name}: noise cannot be fixed (use --seed)")
     return out
 
 
+def domain_index(s: Domain, value, name: str = "domain") -> int:
+    """A target domain given by name or index -> its index; errors list the domains."""
+    names = ", ".join(f"{i} {n}" for i, n in enumerate(s.names))
+    if isinstance(value, str) and not value.strip().isdigit():
+        if value not in s.names:
+            raise ValueError(f"{name}: {value!r} is not a domain of this translator (domains: {names})")
+        return s.names.index(value)
+    if float(value) != int(float(value)) or not 0 <= int(float(value)) < len(s.names):
+        raise ValueError(f"{name}: {value} is not a domain index of this translator (domains: {names})")
+    return int(float(value))
+
+
 def inputs(specs: dict[str, Input], start: int, stop: int, *, seed: int = 0,
-           truncation: float | None = None, fixed: dict | None = None) -> dict[str, torch.Tensor]:
+           truncation: float | None = None, fixed: dict | None = None,
+           images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Inputs of samples [start, stop) on the CPU: float [n, dim] noise/codes, int64 [n] indices.
 
     truncation: with a Truncation input, psi for the family's own latent space (>= 0, 1 = none);
-    else the |z| bound of a truncated normal (> 0)."""
+    else the |z| bound of a truncated normal (> 0).
+    images: a translation family's SourceImage, float [n, 3, R, R] in [-1, 1] (required there)."""
     psi = any(isinstance(s, Truncation) for s in specs.values())
     if truncation is not None and psi and not truncation >= 0:
         raise ValueError(f"truncation: {truncation} must be >= 0 (psi; 1 or None for no truncation)")
@@ -90,9 +109,27 @@ def inputs(specs: dict[str, Input], start: int, stop: int, *, seed: int = 0,
                          _noise(start, stop, s.dim, seed, stream, lambda r, sh: r.uniform(-1, 1, sh)))
         elif isinstance(s, Truncation):
             out[name] = torch.full((n,), 1.0 if truncation is None else float(truncation))
+        elif isinstance(s, Domain):
+            k = len(s.names)
+            out[name] = (torch.full((n,), fixed.get(name, s.default), dtype=torch.long)
+                         if name in fixed or s.default is not None else torch.arange(start, stop) % k)
+        elif isinstance(s, SourceImage):
+            if images is None:
+                raise ValueError(f"{name}: this generator translates images; give the images to "
+                                 f"translate (ganforge translate --input, or the pyfunc model's images)")
+            if images.dim() != 4 or images.shape[0] != n or images.shape[1] != 3:
+                raise ValueError(f"{name}: expected {n} images as [n, 3, H, W], got {tuple(images.shape)}")
+            out[name] = images.float().cpu()
         else:
             raise TypeError(f"{name}: unknown input {s!r}")
     return out
+
+
+def probe(specs: dict[str, Input], n: int = 2) -> dict[str, torch.Tensor]:
+    """Inputs of n samples for shape probes (the resolution, the pt2 export): grey source images."""
+    src = [s for s in specs.values() if isinstance(s, SourceImage)]
+    images = torch.zeros(n, 3, src[0].resolution, src[0].resolution) if src else None
+    return inputs(specs, 0, n, images=images)
 
 
 def draw(specs: dict[str, Input], n: int, device) -> dict[str, torch.Tensor]:
@@ -109,6 +146,9 @@ def draw(specs: dict[str, Input], n: int, device) -> dict[str, torch.Tensor]:
             out[name] = torch.rand(n, s.dim, device=device) * 2 - 1
         elif isinstance(s, Truncation):
             out[name] = torch.ones(n, device=device)
+        elif isinstance(s, Domain):
+            out[name] = torch.randint(0, len(s.names), (n,), device=device)
+        # SourceImage: translation families train on their batches' images, nothing to draw
     return out
 
 

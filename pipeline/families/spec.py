@@ -99,7 +99,24 @@ class Truncation:
     0 = the average image) and then redraws no Latent; training draws 1. Not fixable."""
 
 
-Input = Latent | ClassLabel | Categorical | Uniform | Truncation
+@dataclass(frozen=True)
+class SourceImage:
+    """The image a translation family translates: float [n, 3, R, R] in [-1, 1], always given
+    by the caller (a batch of real images in training and grids, `ganforge translate --input`,
+    the pyfunc model's images), never drawn."""
+    resolution: int
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The target domain of a translation, an index into `names`; fixed by name or index
+    (`--to filled`); unfixed, every sample goes to `default`, or sample i to i % len(names) when
+    `default` is None."""
+    names: tuple[str, ...]
+    default: int | None = None
+
+
+Input = Latent | ClassLabel | Categorical | Uniform | Truncation | SourceImage | Domain
 
 
 # ---------------------------------------------------------------- the family
@@ -160,10 +177,22 @@ class Family:
         """Images in [-1, 1] from the sample nets (unwrapped, usually the EMA copies)."""
         raise NotImplementedError
 
+    def grid(self, nets: Nets, n: int, seed: int, batch: dict) -> tuple[torch.Tensor, int | None]:
+        """(float [-1, 1] images, images per row or None for a square grid) for the training grid:
+        n seeded samples. `batch` is the step's last batch (translators show its images in,
+        translated, and the target where there is one, side by side)."""
+        from pipeline.families import sampling
+        return sampling.images(self, nets, 0, n, seed=seed), None
+
     def draw(self, n: int, device) -> dict[str, torch.Tensor]:
         """Training-time inputs from the global torch RNG (per-rank noise, checkpointed)."""
         from pipeline.families import sampling
         return sampling.draw(self.inputs(), n, device)
+
+    def config_problems(self) -> list[tuple[str, str]]:
+        """(dotted config key, what is wrong) for settings this family cannot honour; loading a
+        config raises a ConfigError for the first."""
+        return []
 
     # -- optional hooks -----------------------------------------------------------------------
     def on_progress(self, images_seen: int, nets: Nets, emas: Nets,

@@ -5,6 +5,11 @@ the ganforge package importable (the network classes live in `models`).
 `mlflow.pyfunc.load_model(uri).predict(...)` takes a table or dict with columns n, seed and
 optional class, truncation and the family's codes (InfoGAN: cat0, cont0, ...), one request per
 row, and returns uint8 images N x H x W x 3: the same bytes as `ganforge sample` for the seed.
+
+A translator (pix2pix, CycleGAN, StarGAN) takes images instead: uint8 N x H x W x 3 (any size,
+resized to the model's as `ganforge translate` does) and the optional param `to` (a target domain
+name or index: `predict(images, params={"to": "filled"})`), and returns the translations, uint8
+N x R x R x 3: the same bytes as `ganforge translate` for the same images.
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.G = load_folder(Path(context.artifacts["manifest"]).parent)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        if self.G.translates:
+            return self._translate(model_input, params or {})
         out = []
         fixable = [k for k in self.G.specs if k != "z"]
         for r in _rows(model_input):
@@ -54,6 +61,24 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                                  None if trunc is None else float(trunc), fixed)
             out.append(imgs.permute(0, 2, 3, 1).numpy())
         return np.concatenate(out)
+
+    def _translate(self, model_input, params: dict) -> np.ndarray:
+        import torch
+        from pipeline.families.spec import Domain
+
+        x = model_input.get("image") if isinstance(model_input, dict) else model_input
+        x = np.asarray(x)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"images: expected uint8 N x H x W x 3, got {x.dtype} {x.shape}")
+        to = _opt(params.get("to"))
+        fixed = None
+        if to not in (None, ""):
+            key = next((k for k, s in self.G.specs.items() if isinstance(s, Domain)), None)
+            if key is None:
+                raise ValueError(f"to: {to!r} given but this translator has one direction only")
+            fixed = {key: to}
+        y = self.G.translate(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2), fixed=fixed)
+        return y.permute(0, 2, 3, 1).numpy()
 
 
 mlflow.models.set_model(GeneratorModel())

@@ -59,14 +59,25 @@ def code_columns(m: dict) -> list[str]:
             if v["kind"] in ("Categorical", "Uniform")]
 
 
-def signature_and_example(m: dict) -> tuple[ModelSignature, pd.DataFrame]:
+def translates(m: dict) -> bool:
+    return any(v["kind"] == "SourceImage" for v in (m.get("inputs") or {}).values())
+
+
+def signature_and_example(m: dict) -> tuple[ModelSignature, pd.DataFrame | np.ndarray]:
+    r = m["resolution"]
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, r, r, 3))])
+    if translates(m):
+        # Images in, images out; the target domain is a param, so the input stays one tensor.
+        from mlflow.types import ParamSchema, ParamSpec
+
+        inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
+        params = ParamSchema([ParamSpec("to", "string", "")])
+        return ModelSignature(inputs, outputs, params), np.zeros((2, r, r, 3), np.uint8)
     # class is a double because pandas stores an int column with gaps as floats (NaN = none given).
     codes = code_columns(m)
     inputs = Schema([ColSpec("long", "n"), ColSpec("long", "seed"),
                      ColSpec("double", "class", required=False), ColSpec("double", "truncation", required=False)]
                     + [ColSpec("double", c, required=False) for c in codes])
-    r = m["resolution"]
-    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, r, r, 3))])
     example = {"n": 2, "seed": 0, **({"class": 0.0} if m["num_classes"] else {}), "truncation": 1.0,
                **{c: 0.0 for c in codes}}
     return ModelSignature(inputs, outputs), pd.DataFrame([example])

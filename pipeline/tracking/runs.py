@@ -81,12 +81,12 @@ class RankZeroLogger:
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
 
-    def grid(self, images: torch.Tensor, step: int) -> str:
+    def grid(self, images: torch.Tensor, step: int, nrow: int | None = None) -> str:
         """images: float [-1, 1] NCHW. Logged as samples/step_XXXXXXX.png; returns the artifact path."""
         import torchvision.utils as vutils
         with tempfile.TemporaryDirectory() as td:
             p = Path(td) / f"step_{step:07d}.png"
-            nrow = max(1, int(len(images) ** 0.5))
+            nrow = nrow or max(1, int(len(images) ** 0.5))
             vutils.save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, p, nrow=nrow, padding=1)
             self.client.log_artifact(self.run_id, str(p), artifact_path="samples")
         return f"samples/{p.name}"
