@@ -152,3 +152,16 @@ def tiny_shards16(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("tiny") / "shapestack-16"
     build_builtin("shapestack", out, resolution=16, n=64, shard_size=32, seed=0)
     return {"urls": resolve_shards(str(out))[0], "counts": None}
+
+
+@pytest.fixture(scope="session")
+def family_shards(smoke_shards, ganforge_home) -> dict:
+    """Built-in shards by name at 16 px: the smoke shards as shapestack, and small sets of the
+    translation layouts (shapepairs, shapeunpaired, shapestyles), 96 samples in 6 shards each."""
+    from pipeline.data.datasets import build_builtin
+
+    out = {"shapestack": smoke_shards}
+    for name in ("shapepairs", "shapeunpaired", "shapestyles"):
+        out[name] = ganforge_home / "test-data" / f"{name}-16"
+        build_builtin(name, out[name], resolution=16, n=96, shard_size=16, seed=5)
+    return out

@@ -33,7 +33,15 @@ SMALL = {
     "biggan_deep": {"resolution": 32, "ch": 8, "num_classes": 10},
     "progan": {"channel_max": 8, "phase_images": [8, 8, 8], "phase_batch": [4, 4, 4]},
     "stylegan2": {"w_dim": 16, "mapping_layers": 2, "channel_base": 128, "channel_max": 8},
+    "pix2pix": {"d_layers": 2},
+    "cyclegan": {"d_layers": 2, "domains": ["outline", "filled"], "pool_size": 6},
+    "stargan": {"d_layers": 2},
 }
+# Translators train on their own built-in layout (pairs, or cls = domain), 16 px.
+BUILTIN = {"pix2pix": "shapepairs", "cyclegan": "shapeunpaired", "stargan": "shapestyles"}
+LOSS = {"progan": {"kind": "wasserstein", "gp_weight": 10.0, "drift_weight": 1e-3},
+        "pix2pix": {"kind": "nonsaturating"}, "cyclegan": {"kind": "least_squares"},
+        "stargan": {"kind": "wasserstein"}}
 BASE = {"resolution": 16, "z_dim": 16, "g_channels": 8, "d_channels": 8, "d_norm": "none",
         "spectral_norm": True}
 
@@ -45,9 +53,9 @@ def family_config(name: str, steps: int, workers: int) -> dict:
     if name.startswith("biggan"):
         m.pop("z_dim", None)
     res = m.get("resolution", 16)
-    loss = {"kind": "wasserstein", "gp_weight": 10.0, "drift_weight": 1e-3} if name == "progan" else {"kind": "hinge"}
-    return {"model": {"name": name, **m}, "loss": loss, "optim": {"ema_decay": 0.9},
-            "data": {"resolution": res, "loader_workers": 0, "shuffle_buffer": 16},
+    data = {"builtin": BUILTIN[name]} if name in BUILTIN else {}
+    return {"model": {"name": name, **m}, "loss": LOSS.get(name, {"kind": "hinge"}), "optim": {"ema_decay": 0.9},
+            "data": {"resolution": res, "loader_workers": 0, "shuffle_buffer": 16, **data},
             "train": {"steps": steps, "batch_size": 4, "log_every": 2, "checkpoint_every": 2,
                       "sample_every": 0, "seed": 3},
             "tracking": {"samples": 4}, "scaling": {"num_workers": workers}}
@@ -97,9 +105,9 @@ def _multi_family_loop(loop_config: dict) -> dict:
             super().report(metrics, checkpoint_dir)
 
     out = {}
-    data = {"urls": loop_config["shard_urls"], "counts": None}
     for name, runs in loop_config["families"].items():
         steps = []
+        data = {"urls": loop_config["shard_urls"][BUILTIN.get(name, "shapestack")], "counts": None}
         for cfg_dict in runs:
             cfg = C.from_dict(cfg_dict)
             ctx = FamilyContext(Path(loop_config["root"]) / name)
@@ -116,7 +124,7 @@ class _NullTracker:
     def metrics(self, values, step):
         pass
 
-    def grid(self, images, step):
+    def grid(self, images, step, nrow=None):
         return ""
 
 
@@ -126,7 +134,7 @@ def _fit(ray_session, tmp_path, shards, workers: int, runs_per_family, evaluate:
 
     from pipeline.data import resolve_shards
 
-    urls, _ = resolve_shards(str(shards))
+    urls = {k: resolve_shards(str(v))[0] for k, v in shards.items()}
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers lack tests/ on their path
     root = tmp_path / f"fams-{workers}"
     for name in families.names():
@@ -166,11 +174,11 @@ def eval_prepared(smoke_shards, ganforge_home, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_worker_fit(ray_session, smoke_shards, tmp_path_factory, eval_prepared):
+def two_worker_fit(ray_session, family_shards, tmp_path_factory, eval_prepared):
     """Every family to step 2, then resumed to step 4, on 2 Ray Train workers; then the 2 ranks
     score eval_prepared's generator. Returns (the worker's results, the checkpoints' root)."""
     cfg, prep, weights = eval_prepared
-    return _fit(ray_session, tmp_path_factory.mktemp("fit2"), smoke_shards, 2,
+    return _fit(ray_session, tmp_path_factory.mktemp("fit2"), family_shards, 2,
                 lambda n: [C.to_dict(C.from_dict(family_config(n, s, 2))) for s in (2, 4)],
                 evaluate={"config": C.to_dict(cfg), "g_state": weights, "eval": prep})
 
@@ -190,21 +198,62 @@ def test_every_family_trains_resumes_registers_and_samples_identically(two_worke
         assert seen[name] == [[2], [4]], name          # the second run resumed after step 2
         ckpt = root / name / "checkpoint_004"
         state = torch.load(ckpt / "state.pt", weights_only=True)
-        assert state["step"] == 4 and set(state["nets"]) >= {"G", "D"} and "G" in state["ema"]
-        assert len(state["data_positions"]) == 2 and len(state["rng"]) == 2
         cfg = C.from_dict(state["config"])
+        fam = families.of(cfg)
+        assert state["step"] == 4 and set(state["nets"]) == set(fam.build()) and set(state["ema"]) == set(fam.ema)
+        assert len(state["data_positions"]) == 2 and len(state["rng"]) == 2
         run_id = tracking.start_run(cfg, f"fam-{name}", uri)
         mv = registry.register_checkpoint(ckpt, tracking_uri=uri, run_id=run_id, lineage={})
         pulled = registry.pull(_uri_of(mv), tmp_path / f"pulled-{name}")
         gen = GM.load_folder(pulled)
+        model = mlflow.pyfunc.load_model(_uri_of(mv))
+        if gen.translates:
+            _check_translator(name, gen, mv, ckpt, model, tmp_path)
+            continue
         fixed = {"cls": 3} if gen.num_classes else {}
         want = gen.sample(6, seed=11, truncation=0.8, fixed=fixed)
         assert torch.equal(registry.load_generator(_uri_of(mv)).sample(6, seed=11, truncation=0.8, fixed=fixed), want)
         assert torch.equal(GM.from_checkpoint(ckpt).sample(6, seed=11, truncation=0.8, fixed=fixed), want)
         row = {"n": 6, "seed": 11, "truncation": 0.8, **({"class": 3.0} if fixed else {})}   # a double column (see the signature)
-        got = mlflow.pyfunc.load_model(_uri_of(mv)).predict(row)
+        got = model.predict(row)
         assert np.array_equal(got, want.permute(0, 2, 3, 1).numpy()), name
         assert want.float().std() > 0                   # not a blank image
+
+
+def _check_translator(name, gen, mv, ckpt, model, tmp_path):
+    """The same input gives the same translation from the pulled folder, the registry URI, the
+    checkpoint, the pyfunc model and `ganforge translate` (PNG files in, PNG files out)."""
+    from PIL import Image
+
+    from pipeline.data.datasets import shapepairs
+    from pipeline.families import generator as GM
+    from pipeline.families.spec import Domain
+    from pipeline.tracking import registry
+
+    src, _ = shapepairs.generate(4, 16, 9, "outline")
+    x = torch.from_numpy(src).permute(0, 3, 1, 2).contiguous()
+    to = {"cyclegan": "outline", "stargan": "inverted"}.get(name)    # B -> A; a named StarGAN domain
+    key = next((k for k, s in gen.specs.items() if isinstance(s, Domain)), None)
+    fixed = None if to is None else {key: to}
+    want = gen.translate(x, fixed=fixed)
+    assert want.shape == (4, 3, 16, 16) and want.float().std() > 0, name
+    assert torch.equal(registry.load_generator(_uri_of(mv)).translate(x, fixed=fixed), want), name
+    assert torch.equal(GM.from_checkpoint(ckpt).translate(x, fixed=fixed), want), name
+    got = model.predict(src, params={"to": to} if to else None)
+    assert np.array_equal(got, want.permute(0, 2, 3, 1).numpy()), name
+    if to is not None:          # another target, another image
+        assert not torch.equal(gen.translate(x, fixed={key: "filled"}), want), name
+    inp, out = tmp_path / f"in-{name}", tmp_path / f"out-{name}"
+    inp.mkdir()
+    for i, img in enumerate(src):
+        Image.fromarray(img).save(inp / f"{i}.png")
+    cmd = [sys.executable, "-m", "jobs.cli", "translate", _uri_of(mv), "--input", str(inp), "--out", str(out)]
+    r = subprocess.run(cmd + (["--to", to] if to else []), capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]})
+    assert r.returncode == 0, r.stderr[-2000:]
+    for i in range(4):
+        png = np.asarray(Image.open(out / f"{i}.png"))
+        assert np.array_equal(png, want[i].permute(1, 2, 0).numpy()), (name, i)
 
 
 def _score_in_process(prepared):
@@ -247,11 +296,12 @@ sys.meta_path.insert(0, Block())
 from pipeline import config as C
 from pipeline.data import resolve_shards
 from pipeline.engine.context import train_local
-cfgs, shards, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-urls, _ = resolve_shards(shards)
+cfgs, shards, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 result = {}
 for name, d in cfgs.items():
-    _, ctx = train_local(C.from_dict(d), {"urls": urls, "counts": None}, f"{out}/{name}", quiet=True)
+    cfg = C.from_dict(d)
+    urls, _ = resolve_shards(shards[cfg.data.builtin])
+    _, ctx = train_local(cfg, {"urls": urls, "counts": None}, f"{out}/{name}", quiet=True)
     result[name] = ctx.reports
 assert "ray" not in sys.modules and "mlflow" not in sys.modules
 print("RESULT " + json.dumps(result))
@@ -259,17 +309,18 @@ print("RESULT " + json.dumps(result))
 
 
 @pytest.mark.slow
-def test_local_context_without_ray_or_mlflow_matches_one_ray_worker(ray_session, smoke_shards, tmp_path):
+def test_local_context_without_ray_or_mlflow_matches_one_ray_worker(ray_session, family_shards, tmp_path):
     cfgs = {n: C.to_dict(C.from_dict(family_config(n, 4, 1))) for n in families.names()}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}        # a 1-CPU Ray worker runs one thread
-    out = subprocess.run([sys.executable, "-c", LOCAL_SCRIPT, json.dumps(cfgs), str(smoke_shards),
+    shards = json.dumps({k: str(v) for k, v in family_shards.items()})
+    out = subprocess.run([sys.executable, "-c", LOCAL_SCRIPT, json.dumps(cfgs), shards,
                           str(tmp_path / "local")], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     local = json.loads(out.stdout.split("RESULT ", 1)[1])
     assert (tmp_path / "local" / "dcgan" / "metrics.jsonl").is_file()
     assert sorted(p.name for p in (tmp_path / "local" / "dcgan").glob("checkpoint_*")) == [
         "checkpoint_0000002", "checkpoint_0000004"]
-    seen, _ = _fit(ray_session, tmp_path, smoke_shards, 1, lambda n: [cfgs[n]])
+    seen, _ = _fit(ray_session, tmp_path, family_shards, 1, lambda n: [cfgs[n]])
     del seen
     ray_reports = _ray_reports(tmp_path)
     for name in families.names():
