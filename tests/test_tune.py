@@ -7,6 +7,7 @@ what it tests.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -99,6 +100,21 @@ def test_cli_fails_before_starting_naming_the_key(tmp_path):
     assert main(["tune", "smoke", "--space", "smoke_gp", "train.steps=12", "--dry-run"]) == 0
     after = set((home / "tune").glob("*")) if (home / "tune").exists() else set()
     assert after == before                       # nothing written, nothing started
+
+
+@pytest.mark.parametrize("family", ["pix2pix", "cyclegan", "stargan"])
+def test_translator_spaces_rank_by_the_familys_own_stat(family, tmp_path):
+    from jobs import tune
+
+    sp = S.load(family)
+    S.validate(sp, C.to_dict(C.load(f"{family}32")))
+    assert sp.mutations() and all(k.startswith(("model.", "optim.")) for k in sp.searched)
+    study = tune.new_study(f"{family}32", [], space=family, dry_run=True)
+    assert (study.objective, study.mode) == ({"pix2pix": "l1"}.get(family, "cycle"), "min")
+    # no single D: the d_gap proxy is not reported, and saying so beats a NaN objective
+    with pytest.raises(C.ConfigError, match="'d_gap' is not reported") if family != "pix2pix" else \
+            contextlib.nullcontext():
+        tune.new_study(f"{family}32", [], space=family, objective="d_gap", dry_run=True)
 
 
 def test_objective_defaults_and_eval_scores(tmp_path):

@@ -116,14 +116,17 @@ def new_study(config: str, overrides: list[str], *, space: str, scheduler: str =
                             "fixed configuration to repeat; use --seeds with asha or none")
     if scheduler == "pbt":
         sp.mutations()                              # grid() is refused here, by key
-    objective = objective or sp.objective or (cfg.eval.best_metric if cfg.eval.every else PROXY)
-    known = set(LOOP_METRICS) | {PROXY} | set(sp.searched)
+    from pipeline import families
+
+    fam = families.of(cfg)
+    objective = objective or sp.objective or (cfg.eval.best_metric if cfg.eval.every else fam.proxy)
+    known = set(LOOP_METRICS) | {fam.proxy} | set(fam.objectives) | set(sp.searched)
     evaluated = cfg.eval.every and (objective.startswith("eval/") or objective in cfg.eval.metrics)
     if objective not in known and not evaluated:
         raise C.ConfigError(f"--objective: {objective!r} is not reported by trials (reported: "
                             f"{', '.join(sorted(known))}; with eval.every > 0 also eval/... scores "
                             f"such as {', '.join(cfg.eval.metrics)})")
-    mode = mode or sp.mode or "min"
+    mode = mode or sp.mode or fam.objectives.get(objective, "min")
     if mode not in ("min", "max"):
         raise C.ConfigError(f"--mode: must be min or max, got {mode!r}")
     if trials is not None and trials < 1:

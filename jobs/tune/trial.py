@@ -157,7 +157,8 @@ def run_trial(config: dict, study: dict, verbose: bool = False) -> None:
         while (item := ray.get(mailbox.take.remote())) is not None:
             controller = item.get("controller", controller)
             m = item["metrics"]
-            extra = {PROXY: m["d_real"] - m["d_fake"], **numeric}
+            # translators without a single D report no d_real/d_fake; they rank by their own stats
+            extra = {**({PROXY: m["d_real"] - m["d_fake"]} if "d_real" in m and "d_fake" in m else {}), **numeric}
             extra.update(objective.fill({**m, **extra}))
             clock = {SCHED_TIME: m["step"]} if m["step"] < cfg.train.steps else {}
             logger.metrics(extra, int(m["step"]))       # beside rank 0's loss curves, same steps

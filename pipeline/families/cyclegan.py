@@ -63,6 +63,9 @@ class ImagePool:
 @register("cyclegan", CycleGANConfig)
 class CycleGAN(Translator):
     sample_nets = ("G_ab", "G_ba")
+    # what a study ranks by without in-loop evaluation
+    objectives = {"cycle": "min", "identity": "min"}
+    proxy = "cycle"
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -22,6 +22,10 @@ from pipeline.families.translation import Translator, image_field
 
 @register("pix2pix", Pix2PixConfig)
 class Pix2Pix(Translator):
+    # what a study ranks by without in-loop evaluation
+    objectives = {"l1": "min", "d_gap": "min"}
+    proxy = "l1"
+
     @property
     def fields(self):
         return {"source": image_field(self.model.source), "target": image_field(self.model.target)}

@@ -130,6 +130,10 @@ class Family:
     Config: ClassVar[type] = object
     ema: ClassVar[tuple[str, ...]] = ("G",)        # networks that get an averaged copy
     sample_nets: ClassVar[tuple[str, ...]] = ("G",)  # what a user samples from (EMA copy if any)
+    # Stats of `loss` a Tune study may rank by, with their direction, beside the loop's metrics;
+    # and the study's default objective without in-loop evaluation (d_gap = d_real - d_fake).
+    objectives: ClassVar[dict[str, str]] = {}
+    proxy: ClassVar[str] = "d_gap"
 
     def __init__(self, cfg):
         self.cfg, self.model = cfg, cfg.model

@@ -24,6 +24,10 @@ from pipeline.families.translation import Translator
 
 @register("stargan", StarGANConfig)
 class StarGAN(Translator):
+    # what a study ranks by without in-loop evaluation
+    objectives = {"cycle": "min", "cls_g": "min"}
+    proxy = "cycle"
+
     @property
     def fields(self):
         return {"image": Image(), "cls": Label()}
