@@ -174,7 +174,9 @@ def _print_summary(s) -> None:
     print(f"  sample grid   : {grid.removeprefix('file://')}")
     print(f"  checkpoint    : {s.checkpoint}")
     if s.model_uri:
-        print(f"  registered    : {s.model_uri}   (ganforge sample {s.model_uri} --n 16 --out grid.png)")
+        use = (f"ganforge translate {s.model_uri} --input IMG_OR_DIR --out DIR" if s.translates
+               else f"ganforge sample {s.model_uri} --n 16 --out grid.png")
+        print(f"  registered    : {s.model_uri}   ({use})")
     print(f"  resolved cfg  : {s.run_dir.rstrip('/')}/resolved_config.yaml")
     ui = s.tracking_uri if s.tracking_uri.startswith(("sqlite", "postgres", "mysql")) else None
     if ui:

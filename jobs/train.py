@@ -30,6 +30,7 @@ class TrainSummary:
     last_grid: str | None          # artifact path inside the MLflow run
     model_uri: str | None          # registered generator version, when tracking.register
     seconds: float
+    translates: bool = False       # the family takes images (ganforge translate), not noise
 
 
 def builtin_shards(cfg: C.Config) -> Path:
@@ -228,7 +229,15 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None, verbose: bool
     return TrainSummary(run_name=run_name, run_dir=run_dir, mlflow_run_id=run_id,
                         tracking_uri=uri, steps=int((result.metrics or {}).get("step", ret.get("step", 0))),
                         checkpoint=ckpt_path, last_grid=ret.get("last_grid"),
-                        model_uri=model_uri, seconds=time.time() - t0)
+                        model_uri=model_uri, seconds=time.time() - t0,
+                        translates=_translates(cfg))
+
+
+def _translates(cfg: C.Config) -> bool:
+    from pipeline import families
+    from pipeline.families.spec import SourceImage
+
+    return any(isinstance(v, SourceImage) for v in families.of(cfg).inputs().values())
 
 
 def run_local(cfg: C.Config, out: str, device: str = "cpu", resume_from: str | None = None) -> dict:
