@@ -168,18 +168,23 @@ def test_sampling_is_seeded_and_truncated():
 SMALL = {"biggan": {"ch": 8}, "biggan_deep": {"ch": 8}, "progan": {"channel_max": 16},
          "infogan": {"num_classes": 0},
          "stylegan2": {"z_dim": 32, "w_dim": 32, "mapping_layers": 2, "channel_base": 256, "channel_max": 16}}
+TRANSLATORS = {"pix2pix": {}, "cyclegan": {"domains": ["x", "y"]}, "stargan": {"domains": ["a", "b", "c"]}}
 
 
 @pytest.mark.parametrize("family", families.names())
 def test_every_family_round_trips_through_a_generator_folder(family, tmp_path):
-    cfg = C.from_dict({"model": {"name": family, "resolution": 32, "num_classes": 3, **SMALL.get(family, {})},
-                       "data": {"resolution": 32}})
+    model = ({"g_channels": 8, "d_channels": 8, **TRANSLATORS[family]} if family in TRANSLATORS
+             else {"num_classes": 3, **SMALL.get(family, {})})
+    cfg = C.from_dict({"model": {"name": family, "resolution": 32, **model}, "data": {"resolution": 32}})
     fam = families.of(cfg)
     built = fam.build()
     gen = GM.Generator(fam, {n: built[n] for n in fam.sample_nets}, cfg)
     m = GM.write_folder(gen, cfg, tmp_path, step=5)
     assert m["family"] == family and m["resolution"] == 32 and m["num_classes"] == gen.num_classes
     G2 = GM.load_folder(tmp_path)
+    if family in TRANSLATORS:
+        _translator_round_trip(fam, gen, G2, tmp_path)
+        return
     assert type(G2.nets["G"]) is type(gen.nets["G"]) and not G2.nets["G"].training
     fixed = {"cls": 2} if gen.num_classes else {}
     assert torch.equal(G2.sample(4, seed=1, fixed=fixed), gen.sample(4, seed=1, fixed=fixed))
@@ -192,6 +197,23 @@ def test_every_family_round_trips_through_a_generator_folder(family, tmp_path):
     with torch.no_grad():
         assert torch.allclose(torch.export.load(str(tmp_path / "g.pt2")).module()(*x.values()),
                               fam.generate(G2.nets, x), atol=1e-4)
+
+
+def _translator_round_trip(fam, gen, G2, tmp_path):
+    assert G2.translates and set(G2.nets) == set(fam.sample_nets)
+    x = torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8)         # resized to 32 px inside
+    want = gen.translate(x)
+    assert want.shape == (3, 3, 32, 32) and torch.equal(G2.translate(x), want)
+    if G2.domains:
+        to = {k: G2.domains[0] for k in G2.specs if k != "image"}
+        assert torch.equal(G2.translate(x, fixed=to), gen.translate(x, fixed=to))
+    with pytest.raises(ValueError, match="translates images"):
+        G2.sample(2)
+    GM.export_pt2(G2, tmp_path / "g.pt2")
+    probe = sampling.probe(G2.specs, 3)
+    with torch.no_grad():
+        assert torch.allclose(torch.export.load(str(tmp_path / "g.pt2")).module()(*probe.values()),
+                              fam.generate(G2.nets, probe), atol=1e-4)
 
 
 # ---------------------------------------------------------------- pull, sample

@@ -232,3 +232,20 @@ def test_short_run_beats_chance_by_the_oracle(preset, tmp_path, ganforge_home):
     print(preset, scores)
     # chance: glyph_acc 0.1 (one of 10 glyphs per channel), domain_acc 1/3
     assert scores[key] > floor, scores
+
+
+def test_fid_against_the_target_domain_and_paired_scores():
+    from pipeline.evaluation.extractors import small
+
+    ex = small.load()
+    filled = torch.from_numpy(shapepairs.generate(200, 16, 1, "filled")[0]).permute(0, 3, 1, 2)
+    other = torch.from_numpy(shapepairs.generate(200, 16, 2, "filled")[0]).permute(0, 3, 1, 2)
+    outline = torch.from_numpy(shapepairs.generate(200, 16, 1, "outline")[0]).permute(0, 3, 1, 2)
+    same, protocol = T.fid_against(filled, other, ex)
+    wrong, _ = T.fid_against(outline, other, ex)
+    assert 0 <= same < wrong and protocol["extractor"] == ex.name and protocol["n_translated"] == 200
+    assert T.fid_against(filled, filled, ex)[0] == pytest.approx(0, abs=1e-6)
+    exact = T.paired_scores(filled, filled)
+    assert exact["l1"] == 0 and exact["ssim"] == pytest.approx(1, abs=1e-4)
+    off = T.paired_scores(outline, filled)
+    assert off["l1"] > 0.05 and off["ssim"] < 0.9 and np.isfinite(off["psnr"]) and off["psnr"] < exact["psnr"]
