@@ -2,7 +2,7 @@
 tasks, scored by the exact oracle and by FID against the target domain.
 
     python bench/quality_translation.py [PRESET ...] [--minutes 10] [--at 1,2,5,10] [--n 1000]
-                                        [--set key=value ...] [--threads 2] [--device cpu]
+                                        [--set key=value ...] [--threads 2] [--out DIR]
 
 Each preset (default: pix2pix32 cyclegan32 stargan32) trains through the engine's local context
 (the real phases and data stream; no Ray, no MLflow) for a wall-clock budget; at each mark its
@@ -31,6 +31,7 @@ from pipeline.data.datasets import shapepairs
 from pipeline.engine.context import LocalContext
 from pipeline.evaluation import translation as T
 from pipeline.families import generator as GM
+from pipeline.families import sampling
 
 
 class _Budget(Exception):
@@ -58,7 +59,7 @@ class _Clocked(LocalContext):
             raise _Budget
 
 
-def score(gen, n: int, extractor) -> dict:
+def score(gen, n: int, extractor, grid: Path | None = None) -> dict:
     out = T.builtin_oracle(gen, n=n)
     fam = gen.family.name
     res = gen.cfg.model.resolution
@@ -80,10 +81,13 @@ def score(gen, n: int, extractor) -> dict:
             out_tgt = torch.from_numpy(shapepairs.generate(n, res, 99, tgt_style)[0]).permute(0, 3, 1, 2)
             out.update(T.paired_scores(outs, out_tgt))
     fid, _ = T.fid_against(outs, torch.from_numpy(real).permute(0, 3, 1, 2), extractor)
+    if grid is not None:       # 16 sources beside their translations
+        k = torch.from_numpy(np.ascontiguousarray(src[:16])).permute(0, 3, 1, 2)
+        sampling.write_grid(torch.stack([k, outs[:16]], 1).flatten(0, 1), grid, nrow=8)
     return {**out, "fid": fid}
 
 
-def run(preset, overrides, marks, n, device, work, extractor) -> list[dict]:
+def run(preset, overrides, marks, n, device, work, extractor, out: Path) -> list[dict]:
     from jobs.train import builtin_shards
     from pipeline.engine import loop
 
@@ -94,7 +98,7 @@ def run(preset, overrides, marks, n, device, work, extractor) -> list[dict]:
     rows = []
 
     def on_score(minutes, step, gen):
-        s = score(gen, n, extractor)
+        s = score(gen, n, extractor, out / f"{preset}_{minutes:.0f}min.png")
         rows.append({"preset": preset, "minutes": round(minutes, 2), "step": step, **s})
         print(f"  {preset:<12} {minutes:>6.2f} min  step {step:>6}  " +
               "  ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
@@ -116,7 +120,10 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="bench_out/translation", help="grids: PRESET_Mmin.png, source | output pairs")
     a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(a.threads)
     marks = sorted(m for m in (float(x) for x in a.at.split(",")) if m <= a.minutes) or [a.minutes]
     os.environ.setdefault("GANFORGE_HOME", str(Path.cwd() / ".ganforge"))
@@ -131,7 +138,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as td:
         for p in a.presets:
-            rows += run(p, a.set, marks, a.n, a.device, Path(td), extractor)
+            rows += run(p, a.set, marks, a.n, a.device, Path(td), extractor, out)
     keys = [k for k in rows[0] if k not in ("preset", "minutes", "step")]
     print(f"\n{'preset':<12}{'minutes':>8}{'step':>7}" + "".join(f"{k:>12}" for k in keys))
     for r in rows:
