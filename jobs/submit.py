@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -105,18 +106,34 @@ def stage(cfg: C.Config, dest: Path, root: Path = PROJECT_ROOT) -> Path:
     return dest
 
 
+AGENT_WAIT_S = 60        # how long a just-started head's job agent may take to accept jobs
+
+
 def submit(cfg: C.Config, address: str | None, *, verbose: bool = False) -> tuple[object, str]:
     """Validated config -> (client, job id). Nothing is uploaded unless `connect` succeeded.
     `verbose` runs the job's `ganforge train` with --verbose."""
     client = connect(address)
     with tempfile.TemporaryDirectory(prefix="ganforge-job-") as td:
         work = stage(cfg, Path(td) / "project")
-        job_id = client.submit_job(
-            # The same command a person runs; the shipped folder is the job's working directory
-            # and is first on its PYTHONPATH, so the job runs this checkout's code.
-            entrypoint=f"ganforge train {JOB_CONFIG}" + (" --verbose" if verbose else ""),
-            runtime_env={"working_dir": str(work), "excludes": list(EXCLUDES)},
-            metadata={"ganforge.preset": cfg.preset, "ganforge.config_hash": C.config_hash(cfg)})
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                job_id = client.submit_job(
+                    # The same command a person runs; the shipped folder is the job's working
+                    # directory and first on its PYTHONPATH, so the job runs this checkout's code.
+                    entrypoint=f"ganforge train {JOB_CONFIG}" + (" --verbose" if verbose else ""),
+                    runtime_env={"working_dir": str(work), "excludes": list(EXCLUDES)},
+                    metadata={"ganforge.preset": cfg.preset, "ganforge.config_hash": C.config_hash(cfg)})
+                break
+            except RuntimeError as e:
+                # A head that has just started answers 500 "No available agent to submit job"
+                # until its job agent registers (seconds; longer on a loaded machine).
+                if "No available agent" not in str(e) or time.monotonic() > deadline:
+                    if "No available agent" in str(e):
+                        raise RuntimeError(f"{address or 'the cluster'}: its job agent did not come up "
+                                           f"within {AGENT_WAIT_S} s (is the head still starting?)") from None
+                    raise
+                time.sleep(2)
     return client, job_id
 
 
