@@ -65,13 +65,9 @@ def score(gen, n: int, extractor, grid: Path | None = None) -> dict:
     res = gen.cfg.model.resolution
     if fam == "stargan":      # sources in every style, each sent to the next domain
         names = gen.domains
-        have = np.arange(n) % len(names)
-        srcs = [shapepairs.generate(n, res, 99, s)[0] for s in names]
-        src = np.stack([srcs[have[i]][i] for i in range(n)])
-        want = (have + 1) % len(names)
-        outs = T.translate(gen, src, domains=want)
-        reals = [shapepairs.generate(n, res, 77, s)[0] for s in names]
-        real = np.stack([reals[want[i]][i] for i in range(n)])
+        src, _, have = T.mixed(n, res, 99, names)
+        outs = T.translate(gen, src, domains=(have + 1) % len(names))
+        real, _, _ = T.mixed(n, res, 77, names[1:] + names[:1])   # the same mix of target styles
     else:
         src_style, tgt_style = T.TASKS[fam]
         src, _ = shapepairs.generate(n, res, 99, src_style)

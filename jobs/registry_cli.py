@@ -171,10 +171,10 @@ def translate(source, inp, out, to, batch_size, device) -> int:
     import sys
 
     import torch
+    import torchvision.io as tio
+
     from pipeline.data.datasets import folder
     from pipeline.families import sampling
-    from pipeline.families.spec import Domain
-
     from pipeline.tracking import registry
 
     G = registry.load_generator(source, device=device)
@@ -183,7 +183,7 @@ def translate(source, inp, out, to, batch_size, device) -> int:
                          f"use `ganforge sample`, not translate")
     fixed = None
     if to is not None:
-        key = next((k for k, s in G.specs.items() if isinstance(s, Domain)), None)
+        key = G.domain_input
         if key is None:
             raise ValueError(f"--to {to}: this {G.family.name} translator has one direction only")
         fixed = {key: to}
@@ -192,8 +192,6 @@ def translate(source, inp, out, to, batch_size, device) -> int:
         print(f"ganforge translate: skipped {name}: {why}", file=sys.stderr)
     outs = torch.cat([G.translate(images[i:i + batch_size], fixed=fixed)
                       for i in range(0, len(images), batch_size)])
-    import torchvision.io as tio
-
     out = Path(out)
     for name, img in zip(names, outs):
         p = (out / name).with_suffix(".png")

@@ -226,18 +226,12 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None, verbose: bool
                 model_uri = _register(d, cfg, uri, run_id)
     tracking.end_run(uri, run_id, ok=True)
     ret = result.return_value or {}
+    from pipeline import families
     return TrainSummary(run_name=run_name, run_dir=run_dir, mlflow_run_id=run_id,
                         tracking_uri=uri, steps=int((result.metrics or {}).get("step", ret.get("step", 0))),
                         checkpoint=ckpt_path, last_grid=ret.get("last_grid"),
                         model_uri=model_uri, seconds=time.time() - t0,
-                        translates=_translates(cfg))
-
-
-def _translates(cfg: C.Config) -> bool:
-    from pipeline import families
-    from pipeline.families.spec import SourceImage
-
-    return any(isinstance(v, SourceImage) for v in families.of(cfg).inputs().values())
+                        translates=families.of(cfg).translates)
 
 
 def run_local(cfg: C.Config, out: str, device: str = "cpu", resume_from: str | None = None) -> dict:

@@ -34,10 +34,7 @@ def builtin_oracle(gen, n: int = 500, seed: int = 1234, batch: int = 100) -> dic
         src, glyphs = shapepairs.generate(n, res, seed, src_style)
         return shapepairs.translation_scores(_f(translate(gen, src, batch=batch)), glyphs, tgt_style)
     names = gen.domains
-    by_style = [shapepairs.generate(n, res, seed, s) for s in names]
-    glyphs = by_style[0][1]
-    have = np.arange(n) % len(names)
-    src = np.stack([by_style[have[i]][0][i] for i in range(n)])
+    src, glyphs, have = mixed(n, res, seed, names)
     rows = []
     for shift in range(1, len(names)):
         want = (have + shift) % len(names)
@@ -49,6 +46,14 @@ def builtin_oracle(gen, n: int = 500, seed: int = 1234, batch: int = 100) -> dic
     return {key: sum(k * r[key] for k, r in rows) / total for key in rows[0][1]}
 
 
+def mixed(n: int, res: int, seed: int, styles) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n triples, triple i drawn in style i % len(styles) -> (uint8 [n, R, R, 3], glyphs [n, 3],
+    style index [n])."""
+    have = np.arange(n) % len(styles)
+    drawn = [shapepairs.generate(n, res, seed, s) for s in styles]
+    return np.stack([drawn[have[i]][0][i] for i in range(n)]), drawn[0][1], have
+
+
 def _f(x: torch.Tensor) -> torch.Tensor:
     """uint8 NCHW -> float [-1, 1] NCHW (what the oracle reads as generator output)."""
     return x.float() / 127.5 - 1
@@ -58,10 +63,8 @@ def translate(gen, images_nhwc: np.ndarray, *, domains: np.ndarray | None = None
               batch: int = 100) -> torch.Tensor:
     """uint8 [n, H, W, 3] -> uint8 [n, 3, R, R] translations; domains: per-sample target domain
     index (StarGAN), None for the translator's default."""
-    from pipeline.families.spec import Domain
-
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2).contiguous()
-    key = next((k for k, s in gen.specs.items() if isinstance(s, Domain)), None)
+    key = gen.domain_input
     groups = [(None, torch.arange(len(x)))] if domains is None else [
         (int(k), torch.from_numpy(np.nonzero(domains == k)[0])) for k in np.unique(domains)]
     out = None

@@ -96,13 +96,18 @@ class Generator:
     @property
     def translates(self) -> bool:
         """An image-to-image generator (pix2pix, CycleGAN, StarGAN): it takes images, not noise."""
-        return any(isinstance(s, SourceImage) for s in self.specs.values())
+        return self.family.translates
+
+    @property
+    def domain_input(self) -> str | None:
+        """The name of the target-domain input (what `--to` fixes), None if there is no choice."""
+        return next((k for k, s in self.specs.items() if isinstance(s, Domain)), None)
 
     @property
     def domains(self) -> tuple[str, ...]:
         """The target domains a translator can be asked for (--to); () if it has no choice."""
-        d = [s for s in self.specs.values() if isinstance(s, Domain)]
-        return d[0].names if d else ()
+        k = self.domain_input
+        return self.specs[k].names if k else ()
 
     def translate(self, images: torch.Tensor, fixed: dict | None = None, seed: int = 0) -> torch.Tensor:
         """Translate uint8 N x 3 x H x W images (resized to the model's resolution if they are

@@ -36,10 +36,6 @@ class Pix2Pix(Translator):
     def build(self):
         return pix2pix.build(self.model)
 
-    def optimizer_groups(self):
-        o = self.cfg.optim
-        return {"G": (("G",), o.g_lr), "D": (("D",), o.d_lr)}
-
     def phases(self):
         return [Phase("D", "D"), Phase("G", "G", new_batch=False)]
 

@@ -193,6 +193,11 @@ class Family:
         from pipeline.families import sampling
         return sampling.draw(self.inputs(), n, device)
 
+    @property
+    def translates(self) -> bool:
+        """An image-to-image family (pix2pix, CycleGAN, StarGAN): its inputs include a SourceImage."""
+        return any(isinstance(s, SourceImage) for s in self.inputs().values())
+
     def config_problems(self) -> list[tuple[str, str]]:
         """(dotted config key, what is wrong) for settings this family cannot honour; loading a
         config raises a ConfigError for the first."""

@@ -43,10 +43,6 @@ class StarGAN(Translator):
     def build(self):
         return stargan.build(self.model)
 
-    def optimizer_groups(self):
-        o = self.cfg.optim
-        return {"G": (("G",), o.g_lr), "D": (("D",), o.d_lr)}
-
     def phases(self):
         return [Phase("D", "D", repeat=self.cfg.optim.d_steps_per_g), Phase("G", "G", new_batch=False)]
 

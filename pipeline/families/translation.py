@@ -22,6 +22,11 @@ def image_field(prefix: str) -> Image:
 class Translator(Family):
     ema = ()
 
+    def optimizer_groups(self):
+        """One G and one D (pix2pix, StarGAN); CycleGAN groups its pairs."""
+        o = self.cfg.optim
+        return {"G": (("G",), o.g_lr), "D": (("D",), o.d_lr)}
+
     def source(self, batch: dict) -> torch.Tensor:
         """The batch's images to translate."""
         return batch["image"]

@@ -64,7 +64,6 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
     def _translate(self, model_input, params: dict) -> np.ndarray:
         import torch
-        from pipeline.families.spec import Domain
 
         x = model_input.get("image") if isinstance(model_input, dict) else model_input
         x = np.asarray(x)
@@ -73,7 +72,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         to = _opt(params.get("to"))
         fixed = None
         if to not in (None, ""):
-            key = next((k for k, s in self.G.specs.items() if isinstance(s, Domain)), None)
+            key = self.G.domain_input
             if key is None:
                 raise ValueError(f"to: {to!r} given but this translator has one direction only")
             fixed = {key: to}
