@@ -2,7 +2,8 @@
 the group in jobs/cli.py, whose main() handles its errors.
 
     ganforge tune CONFIG --space NAME [--trials N] [--scheduler asha|pbt|none] [--seeds K]
-                  [--max-concurrent M] [--objective KEY --mode min|max] [--name STUDY] [k=v ...]
+                  [--max-concurrent M] [--objective KEY --mode min|max] [--name STUDY]
+                  [--in-process] [k=v ...]
     ganforge tune --resume STUDY
 
 The k=v overrides may come before, between or after the options.
@@ -33,11 +34,14 @@ from jobs.cli import overrides_argument, verbose_option
 @click.option("--name", help="study name (default: SPACE-TIME); its folder is $GANFORGE_HOME/tune/NAME")
 @click.option("--address", help="join this Ray cluster (the scaling.address override; with "
               "--resume it replaces the study's own)")
+@click.option("--in-process", is_flag=True, help="train each trial in its own Tune process, "
+              "without a Ray Train run (scaling.num_workers=1): no Train controller and worker "
+              "processes to start per trial; Tune's trial restarts replace Train's worker restarts")
 @click.option("--resume", metavar="STUDY", help="continue a study (name or folder) after its driver died")
 @click.option("--dry-run", is_flag=True, help="validate, print the study and exit (writes nothing)")
 @verbose_option
 def tune(config, overrides, space, trials, scheduler, seeds, max_concurrent, objective, mode, name,
-         address, resume, dry_run, verbose) -> int:
+         address, in_process, resume, dry_run, verbose) -> int:
     """Search loss weights (or any config keys) with Ray Tune; each trial is a Ray Train run,
     tracked in MLflow; the best generator is registered.
 
@@ -59,7 +63,8 @@ def tune(config, overrides, space, trials, scheduler, seeds, max_concurrent, obj
             raise click.UsageError("needs CONFIG and --space NAME (or --resume STUDY)")
         overrides = [*overrides, *([f"scaling.address={address}"] if address else [])]
         kw = dict(space=space, scheduler=scheduler, trials=trials, seeds=seeds,
-                  max_concurrent=max_concurrent, objective=objective, mode=mode, name=name)
+                  max_concurrent=max_concurrent, objective=objective, mode=mode, name=name,
+                  in_process=in_process)
         if dry_run:
             print(T.describe(T.new_study(config, overrides, dry_run=True, **kw)))
             return 0

@@ -97,6 +97,7 @@ def test_cli_fails_before_starting_naming_the_key(tmp_path):
     assert main(["tune", "smoke", "--space", "smoke_gp", "loss.gp_weight=3"]) == 2   # set twice
     assert main(["tune", "smoke", "--space", "smoke_gp", "--objective", "fid"]) == 2  # never reported
     assert main(["tune", "smoke", "--space", "smoke_gp", "--scheduler", "pbt", "--seeds", "2"]) == 2
+    assert main(["tune", "smoke", "--space", "smoke_gp", "--in-process", "scaling.num_workers=2"]) == 2
     assert main(["tune", "smoke", "--space", "smoke_gp", "train.steps=12", "--dry-run"]) == 0
     after = set((home / "tune").glob("*")) if (home / "tune").exists() else set()
     assert after == before                       # nothing written, nothing started
@@ -115,6 +116,20 @@ def test_translator_spaces_rank_by_the_familys_own_stat(family, tmp_path):
     with pytest.raises(C.ConfigError, match="'d_gap' is not reported") if family != "pix2pix" else \
             contextlib.nullcontext():
         tune.new_study(f"{family}32", [], space=family, objective="d_gap", dry_run=True)
+
+
+def test_in_process_trials_need_one_worker_and_hold_its_cpus(tmp_path):
+    from jobs import tune
+    from jobs.tune import trial
+
+    with pytest.raises(C.ConfigError, match=r"^scaling.num_workers: --in-process"):
+        _offline_study(tmp_path, in_process=True)                 # smoke: 2 workers
+    study = _offline_study(tmp_path, in_process=True, overrides=["scaling.num_workers=1",
+                                                                 "scaling.cpus_per_worker=2"])
+    assert "in its own process (no Ray Train run), 2.0 CPU" in tune.describe(study)
+    # the trial is the worker: it holds the worker's CPUs, not the sliver a Train trial holds
+    assert trial.trainable(study)._resources.required_resources == {"CPU": 2.0}
+    assert trial.trainable(_offline_study(tmp_path))._resources.required_resources == {"CPU": 0.01}
 
 
 def test_objective_defaults_and_eval_scores(tmp_path):
@@ -153,7 +168,7 @@ def _offline_study(tmp_path, **kw):
     from jobs import tune
 
     space = _space(tmp_path, "params:\n  loss.gp_weight: loguniform(0.1, 100)\n")
-    return tune.new_study("smoke", [], space=space, dry_run=True, **kw)
+    return tune.new_study("smoke", kw.pop("overrides", []), space=space, dry_run=True, **kw)
 
 
 def test_seeds_repeat_each_sampled_configuration(tmp_path):
@@ -278,11 +293,13 @@ def test_pbt_exploit_continues_from_another_trials_checkpoint(ray_session, smoke
 
     # smoke_gp: perturb every 4 steps, synchronously, bottom half copies top half: with two
     # trials, one exploits the other at step 4.
-    # One worker per trial and no DataLoader process: what is tested is the exploit (the ASHA
-    # test runs 2-worker trials).
+    # In-process trials (no Train run: each restart would start a controller and a worker) and
+    # no DataLoader process: what is tested is the exploit, which both kinds of trial share (the
+    # other studies run Train trials). A reused run folder would resume its own newest
+    # checkpoint instead of the donor's, just as a reused Train run name would.
     study = tune.new_study("smoke", ["tracking.register=false", "scaling.num_workers=1",
                                      "data.loader_workers=0"], space="smoke_gp", scheduler="pbt",
-                           trials=2, max_concurrent=2, name=f"pbt-{uuid.uuid4().hex[:6]}")
+                           trials=2, max_concurrent=2, in_process=True, name=f"pbt-{uuid.uuid4().hex[:6]}")
     res = tune.run_study(study)
     print(tune.format_result(res))
     assert {r["status"] for r in res.rows} == {"completed"}

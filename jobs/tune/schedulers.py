@@ -60,7 +60,8 @@ def max_concurrent(study: Study) -> int:
     if study.max_concurrent:
         return study.max_concurrent
     s, res = study.config["scaling"], ray.cluster_resources()
-    n = int(res.get("CPU", 1) // (s["num_workers"] * s["cpus_per_worker"] + TRIAL_CPU))
+    n = int(res.get("CPU", 1) // (s["cpus_per_worker"] if study.in_process else
+                                  s["num_workers"] * s["cpus_per_worker"] + TRIAL_CPU))
     if s["use_gpu"]:
         n = min(n, int(res.get("GPU", 0) // s["num_workers"]))
     return max(1, n)

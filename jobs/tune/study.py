@@ -47,6 +47,7 @@ class Study:
     shard_urls: list[str]
     manifest: dict | None
     data_spec: str
+    in_process: bool = False          # train in the trial's process, no Ray Train run (1 worker)
     parent_run_id: str = ""
     created: float = field(default_factory=time.time)
 
@@ -95,7 +96,7 @@ def studies_root() -> Path:
 def new_study(config: str, overrides: list[str], *, space: str, scheduler: str = "asha",
               trials: int | None = None, seeds: int = 1, max_concurrent: int | None = None,
               objective: str | None = None, mode: str | None = None, name: str | None = None,
-              dry_run: bool = False) -> Study:
+              in_process: bool = False, dry_run: bool = False) -> Study:
     """Validate everything (config, space keys, objective, scheduler settings) and write the
     study folder. Starts nothing: the first error names the key. `dry_run` writes nothing."""
     from jobs.tune import schedulers
@@ -116,6 +117,13 @@ def new_study(config: str, overrides: list[str], *, space: str, scheduler: str =
                             "fixed configuration to repeat; use --seeds with asha or none")
     if scheduler == "pbt":
         sp.mutations()                              # grid() is refused here, by key
+    if in_process and (cfg.scaling.num_workers != 1 or cfg.scaling.min_workers is not None):
+        raise C.ConfigError(f"scaling.num_workers: --in-process trials train in one process; got "
+                            f"{cfg.scaling.num_workers} workers (set scaling.num_workers=1, or drop "
+                            f"--in-process to run each trial as a Ray Train run)")
+    if in_process and "scaling.num_workers" in sp.params:
+        raise C.ConfigError("scaling.num_workers: searched by the space, but --in-process trials "
+                            "have one worker")
     from pipeline import families
 
     fam = families.of(cfg)
@@ -145,7 +153,8 @@ def new_study(config: str, overrides: list[str], *, space: str, scheduler: str =
                      space_name=sp.name, space_file=sp.path,
                      scheduler=scheduler, trials=trials, seeds=seeds, max_concurrent=max_concurrent,
                      objective=objective, mode=mode, tracking_uri="(not started)", shard_urls=[],
-                     manifest=None, data_spec=cfg.data.shards or f"built-in {cfg.data.builtin}")
+                     manifest=None, data_spec=cfg.data.shards or f"built-in {cfg.data.builtin}",
+                     in_process=in_process)
     from jobs.train import _shards
 
     urls, manifest, spec = _shards(cfg)            # builds built-in shards once, before Ray
@@ -160,7 +169,7 @@ def new_study(config: str, overrides: list[str], *, space: str, scheduler: str =
                   space_name=sp.name, space_file=str(space_copy.resolve()), scheduler=scheduler, trials=trials,
                   seeds=seeds, max_concurrent=max_concurrent, objective=objective, mode=mode,
                   tracking_uri=tracking.tracking_uri(cfg), shard_urls=urls, manifest=manifest,
-                  data_spec=spec)
+                  data_spec=spec, in_process=in_process)
     study.save()
     return study
 
@@ -177,7 +186,9 @@ def describe(study: Study) -> str:
     lines += [f"  scheduler  : {study.scheduler} {schedulers.settings(study, sp)}",
               f"  objective  : {study.objective} ({study.mode})",
               f"  trials     : {study.trials} sample(s) x {study.seeds} seed(s)",
-              f"  per trial  : {cfg['scaling']['num_workers']} workers x {cfg['scaling']['cpus_per_worker']} CPU"
+              f"  per trial  : " + ("in its own process (no Ray Train run), " if study.in_process else
+                                   f"{cfg['scaling']['num_workers']} workers x ")
+              + f"{cfg['scaling']['cpus_per_worker']} CPU"
               + (" + 1 GPU each" if cfg['scaling']['use_gpu'] else "")
               + f"; max concurrent {study.max_concurrent or 'auto (cluster CPUs / trial CPUs)'}"]
     return "\n".join(lines)

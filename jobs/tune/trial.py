@@ -1,5 +1,6 @@
 """One trial: a Ray Train run of the study's base config with the trial's values, its reports
-handed to Tune together with their checkpoints (so PBT can exploit and a restore can continue)."""
+handed to Tune together with their checkpoints (so PBT can exploit and a restore can continue).
+With `--in-process` a single-worker trial runs the engine in the trial's own process instead."""
 from __future__ import annotations
 
 import asyncio
@@ -103,7 +104,8 @@ def _train_run_name(train_root: Path, trial_id: str, from_checkpoint: bool) -> s
 
 
 def run_trial(config: dict, study: dict, verbose: bool = False) -> None:
-    """One Tune trial: a Ray Train run of the base config with this trial's values."""
+    """One Tune trial: a Ray Train run of the base config with this trial's values (or, with
+    --in-process, the engine in this process)."""
     import logging
 
     import ray
@@ -112,7 +114,6 @@ def run_trial(config: dict, study: dict, verbose: bool = False) -> None:
     if not verbose:       # "Checkpoint successfully created at: ..." at every report
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
-    from jobs.train import build_trainer
     from pipeline.tracking import runs as tracking
 
     # A reused trial actor waits this long for the previous trial's thread, which may be
@@ -134,6 +135,66 @@ def run_trial(config: dict, study: dict, verbose: bool = False) -> None:
     if ckpt:
         logger.client.set_tag(run_id, "ganforge.resumed_from", f"{origin}:{ckpt.path}")
 
+    numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def to_tune(m: dict, checkpoint_path: str | None) -> None:
+        """One report to Tune: the loop's metrics, the proxy, the objective, the searched values."""
+        # translators without a single D report no d_real/d_fake; they rank by their own stats
+        extra = {**({PROXY: m["d_real"] - m["d_fake"]} if "d_real" in m and "d_fake" in m else {}), **numeric}
+        extra.update(objective.fill({**m, **extra}))
+        clock = {SCHED_TIME: m["step"]} if m["step"] < cfg.train.steps else {}
+        logger.metrics(extra, int(m["step"]))       # beside rank 0's loss curves, same steps
+        tune_ckpt = ray.tune.Checkpoint.from_directory(checkpoint_path) if checkpoint_path else None
+        ray.tune.report({**m, **extra, **clock, **{k: v for k, v in values.items() if k not in numeric},
+                         "origin_trial": origin, "train_run": run_name,
+                         "checkpoint_path": checkpoint_path or ""}, checkpoint=tune_ckpt)
+
+    try:
+        if st.in_process:
+            _fit_in_process(cfg, st, train_root / run_name, ckpt.path if ckpt else None, logger, to_tune)
+        else:
+            _fit_train_run(cfg, st, trial_id, run_name, train_root, run_id, ckpt, to_tune, verbose)
+    except Exception:
+        tracking.end_run(st.tracking_uri, run_id, ok=False)
+        raise
+    # (A trial Tune stops or pauses leaves by SystemExit: the driver ends its run as KILLED.)
+    tracking.end_run(st.tracking_uri, run_id, ok=True)
+
+
+def _fit_in_process(cfg, st: Study, run_dir: Path, resume_from: str | None, logger, to_tune) -> None:
+    """`--in-process`: the engine runs in this Tune process through the local context, with
+    rank 0's MLflow logger; each checkpoint is kept in run_dir (as `ganforge train --local`
+    keeps them) and handed to Tune. No Train controller or worker processes to start: on 2 cores
+    that is ~15 s of imports per trial start."""
+    import torch
+
+    from pipeline.engine import loop
+    from pipeline.engine.context import LocalContext
+
+    class TrialContext(LocalContext):
+        def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+            super().report(metrics, checkpoint_dir)     # the copy in run_dir is what Tune takes
+            kept = Path(self.run_dir) / f"checkpoint_{int(metrics['step']):07d}"
+            to_tune(dict(metrics), str(kept) if checkpoint_dir else None)
+
+    device = "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+    ctx = TrialContext(cfg, run_dir, device, resume_from, quiet=True)
+    ctx.tracker = logger
+    counts = [sh["count"] for sh in st.manifest["shards"]] if st.manifest else None
+    prepared = None
+    if cfg.eval.every:
+        from pipeline.evaluation import in_loop as evaluation
+        prepared = evaluation.prepare(cfg, st.shard_urls, st.manifest, st.data_spec)
+    loop.run(cfg, ctx, {"urls": st.shard_urls, "counts": counts}, prepared)
+
+
+def _fit_train_run(cfg, st: Study, trial_id: str, run_name: str, train_root: Path, run_id: str,
+                   ckpt, to_tune, verbose: bool) -> None:
+    """A Ray Train run of the trial's config, each of its reports handed to `to_tune`."""
+    import ray
+
+    from jobs.train import build_trainer
+
     mailbox = ray.remote(num_cpus=0)(Mailbox).remote()
     trainer = build_trainer(cfg, urls=st.shard_urls, manifest=st.manifest, run_name=run_name,
                             storage=train_root, tracking_uri=st.tracking_uri, mlflow_run_id=run_id,
@@ -151,21 +212,11 @@ def run_trial(config: dict, study: dict, verbose: bool = False) -> None:
 
     fitting = threading.Thread(target=fit, name=f"fit-{trial_id}", daemon=True)
     fitting.start()
-    numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     controller = None
     try:
         while (item := ray.get(mailbox.take.remote())) is not None:
             controller = item.get("controller", controller)
-            m = item["metrics"]
-            # translators without a single D report no d_real/d_fake; they rank by their own stats
-            extra = {**({PROXY: m["d_real"] - m["d_fake"]} if "d_real" in m and "d_fake" in m else {}), **numeric}
-            extra.update(objective.fill({**m, **extra}))
-            clock = {SCHED_TIME: m["step"]} if m["step"] < cfg.train.steps else {}
-            logger.metrics(extra, int(m["step"]))       # beside rank 0's loss curves, same steps
-            tune_ckpt = ray.tune.Checkpoint.from_directory(item["checkpoint"]) if item["checkpoint"] else None
-            ray.tune.report({**m, **extra, **clock, **{k: v for k, v in values.items() if k not in numeric},
-                             "origin_trial": origin, "train_run": run_name,
-                             "checkpoint_path": item["checkpoint"] or ""}, checkpoint=tune_ckpt)
+            to_tune(item["metrics"], item["checkpoint"])
             mailbox.ack.remote()
     except BaseException:
         # Tune stops (ASHA) or pauses (PBT) a trial by raising SystemExit in report. Abort the
@@ -178,7 +229,6 @@ def run_trial(config: dict, study: dict, verbose: bool = False) -> None:
         raise
     finally:
         ray.kill(mailbox)
-    tracking.end_run(st.tracking_uri, run_id, ok="error" not in outcome)
     if "error" in outcome:
         raise outcome["error"]
 
@@ -186,5 +236,8 @@ def run_trial(config: dict, study: dict, verbose: bool = False) -> None:
 def trainable(study: Study, verbose: bool = False):
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, study=asdict(study), verbose=verbose),
-                               {"CPU": TRIAL_CPU})
+    sc = study.config["scaling"]
+    # A Train run's trial only waits on its workers (TRIAL_CPU); an in-process one is the worker.
+    res = ({"CPU": sc["cpus_per_worker"], **({"GPU": 1} if sc["use_gpu"] else {})} if study.in_process
+           else {"CPU": TRIAL_CPU})
+    return tune.with_resources(tune.with_parameters(run_trial, study=asdict(study), verbose=verbose), res)
