@@ -58,7 +58,9 @@ def family_config(name: str, steps: int, workers: int) -> dict:
             "data": {"resolution": res, "loader_workers": 0, "shuffle_buffer": 16, **data},
             "train": {"steps": steps, "batch_size": 4, "log_every": 2, "checkpoint_every": 2,
                       "sample_every": 0, "seed": 3},
-            "tracking": {"samples": 4}, "scaling": {"num_workers": workers}}
+            # pyfunc only: test_registry checks every family's torch.export, here it would
+            # repeat ~3 s per family on 2 cores
+            "tracking": {"samples": 4, "export_pt2": False}, "scaling": {"num_workers": workers}}
 
 
 def test_registry_covers_ported_and_new_families():
@@ -207,6 +209,8 @@ def test_every_family_trains_resumes_registers_and_samples_identically(two_worke
         pulled = registry.pull(_uri_of(mv), tmp_path / f"pulled-{name}")
         gen = GM.load_folder(pulled)
         model = mlflow.pyfunc.load_model(_uri_of(mv))
+        flavors = mlflow.models.get_model_info(_uri_of(mv)).flavors
+        assert "python_function" in flavors and "pytorch" not in flavors      # tracking.export_pt2=false
         if gen.translates:
             _check_translator(name, gen, mv, ckpt, model, tmp_path)
             continue

@@ -163,6 +163,9 @@ class TrackingConfig:
     register: bool = True         # register the final EMA generator in the MLflow model registry
     model_name: str | None = None  # registered model name; None = ganforge-<family>
     model_alias: str | None = None  # also point this alias at the new version (e.g. "champion")
+    # Also log G through torch.export (the `pytorch` flavor: loads without ganforge's code). Off:
+    # the pyfunc flavor only; torch.export takes seconds per G on a CPU, and refuses some ops.
+    export_pt2: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)

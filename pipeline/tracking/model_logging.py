@@ -1,7 +1,7 @@
 """Log a generator as one MLflow model with two flavors, no pickled objects in either:
 - `python_function`: "models from code" (generator_pyfunc.py, copied into the model and run on
   load) over the generator folder's state dict + config + sha256 manifest.
-- `pytorch`: the same network through torch.export (pt2), so `mlflow.pytorch.load_model`
+- `pytorch` (unless tracking.export_pt2=false): the same network through torch.export (pt2), so `mlflow.pytorch.load_model`
   returns a module taking the family's inputs in order (e.g. z[, y]) -> images in [-1, 1]. MLflow 3.17 offers "pickle" (unpickles a
   whole module) or "pt2"; with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false it checks that a pt2
   archive holds only tensors and primitives before loading it. `mlflow.pytorch.log_model` would
@@ -31,10 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]      # holds the pipeline/ and models
 MODEL_NAME = "generator"       # the logged model's name inside its run
 
 
-def _flavors(pt2: Path):
-    """A flavor "module" for Model.log: pyfunc from code, then the pt2 file as `pytorch`."""
+def _flavors(pt2: Path | None):
+    """A flavor "module" for Model.log: pyfunc from code, then the pt2 file (if any) as `pytorch`."""
     def save_model(path, mlflow_model, **kw):
         mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kw)
+        if pt2 is None:
+            return
         (Path(path) / "torch").mkdir()
         shutil.copy2(pt2, Path(path) / "torch" / GM.PT2)
         mlflow_model.add_flavor("pytorch", model_data="torch", code=None,
@@ -89,8 +91,12 @@ def log_generator(client: MlflowClient, gen: GM.Generator, cfg: C.Config, *, ste
     Returns the model URI and the generator manifest."""
     with tempfile.TemporaryDirectory() as td:
         pt2, folder = Path(td, GM.PT2), Path(td, "generator")
-        GM.export_pt2(gen, pt2)
-        m = GM.write_folder(gen, cfg, folder, step=step, extra={"pt2_sha256": sha256_file(pt2)})
+        if cfg.tracking.export_pt2:
+            GM.export_pt2(gen, pt2)
+        else:
+            pt2 = None
+        m = GM.write_folder(gen, cfg, folder, step=step,
+                            extra={"pt2_sha256": sha256_file(pt2)} if pt2 else {})
         sig, example = signature_and_example(m)
         # Created here so it lands in the run's experiment: Model.log alone files a model
         # logged into a non-active run under the default experiment (and ./mlruns).
