@@ -1,5 +1,6 @@
-"""Ray Tune studies whose trials are Ray Train runs (2 workers in the resume test): search-space validation,
-ASHA, PBT, and a study driver killed mid-way then resumed. Real Ray, real MLflow (sqlite), real shards.
+"""Ray Tune studies: search-space validation, ASHA, PBT, and a study driver killed mid-way then
+resumed. Real Ray, real MLflow (sqlite), real shards. The resume study's trials are 2-worker Ray
+Train runs; the ASHA and PBT studies run `--in-process` trials (one process each, no Train run).
 
 On 2 cores a trial's cost is its processes' start-up (the trainable, Ray Train's controller and
 helper actors, the workers), not its steps: each study runs as few trials and workers as shows
@@ -232,11 +233,12 @@ def test_asha_study_stops_early_tracks_and_registers(ray_session, smoke_shards, 
     space = _space(tmp_path, "params:\n  loss.gp_weight: grid([100.0, 10.0, 0.1])\n"
                              "asha: {grace_period: 2, reduction_factor: 2}\n")
     load, t0 = os.getloadavg()[0], time.monotonic()     # load before the study: other work
-    # One worker per trial and no DataLoader worker process: on 2 cores every process started
-    # costs seconds (the resume test runs 2-worker trials).
+    # In-process trials and no DataLoader worker process: on 2 cores every process started
+    # costs seconds, and a Train trial starts a controller and a worker (~90 s for this study
+    # alone, ~30 s in-process, the same d_gap per trial). The resume test runs 2-worker Train trials.
     study = tune.new_study("smoke", ["tracking.model_alias=tuned", "scaling.num_workers=1",
                                      "data.loader_workers=0"],
-                           space=space, scheduler="asha",
+                           space=space, scheduler="asha", in_process=True,
                            max_concurrent=2, name=f"asha-{uuid.uuid4().hex[:6]}")
     res = tune.run_study(study)
     seconds = time.monotonic() - t0
@@ -365,7 +367,9 @@ def test_killed_study_resumes_without_rerunning_finished_trials(ray_session, smo
         deadline = time.monotonic() + 300
         while True:
             statuses = _experiment_statuses(study_dir / "tune")
-            if "TERMINATED" in statuses.values():
+            # Tune adds the second trial to its saved state only once the first has ended (one
+            # at a time): kill when the state holds both, so the resumed driver has one to finish.
+            if "TERMINATED" in statuses.values() and len(statuses) == 2:
                 break
             assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             assert time.monotonic() < deadline, f"no trial finished in 300 s: {statuses}"

@@ -186,7 +186,7 @@ def describe(study: Study) -> str:
     lines += [f"  scheduler  : {study.scheduler} {schedulers.settings(study, sp)}",
               f"  objective  : {study.objective} ({study.mode})",
               f"  trials     : {study.trials} sample(s) x {study.seeds} seed(s)",
-              f"  per trial  : " + ("in its own process (no Ray Train run), " if study.in_process else
+              "  per trial  : " + ("in its own process (no Ray Train run), " if study.in_process else
                                    f"{cfg['scaling']['num_workers']} workers x ")
               + f"{cfg['scaling']['cpus_per_worker']} CPU"
               + (" + 1 GPU each" if cfg['scaling']['use_gpu'] else "")
