@@ -3,6 +3,12 @@
     python bench/quality.py PRESET [PRESET ...] [--minutes 30] [--at 1,2,5,10,20,30]
                             [--n 10000] [--set key=value ...] [--out bench_out/quality] [--device cpu]
 
+A PRESET may carry its own overrides after `+`, one arm per token, e.g. augmentation on a tiny
+training set (issue 16; the table then also gives the modes the training images hold):
+
+    python bench/quality.py stylegan2_32 stylegan2_32+aug.kind=diffaugment stylegan2_32+aug.kind=ada \
+        --set data.builtin_samples=128 --minutes 6 --at 2,4,6
+
 Trains each preset through the engine's local context (the real phases, data stream, EMA; no Ray,
 no MLflow) for a wall-clock budget and, at each of the fixed minutes, scores its sampled generator
 (the EMA copy where the family keeps one) with ShapeStack's exact oracle: modes hit (of 1000), KL
@@ -42,9 +48,9 @@ class _Budget(Exception):
 class _Clocked(LocalContext):
     """The local context, scoring the checkpointed generator at each mark on the training clock."""
 
-    def __init__(self, *a, marks: list[float], n: int, on_score, **k):
+    def __init__(self, *a, marks: list[float], n: int, on_score, seen: dict, **k):
         super().__init__(*a, **k)
-        self.marks, self.n, self.on_score = list(marks), n, on_score
+        self.marks, self.n, self.on_score, self.seen = list(marks), n, on_score, seen
         self.t0, self.paused = time.monotonic(), 0.0
 
     def minutes(self) -> float:
@@ -52,6 +58,7 @@ class _Clocked(LocalContext):
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         super().report(metrics, checkpoint_dir)
+        self.seen.update(metrics)
         if checkpoint_dir is None or not self.marks or self.minutes() < self.marks[0]:
             return
         t = time.monotonic()
@@ -73,26 +80,43 @@ def score(G, n: int) -> dict:
     return out
 
 
-def run(preset: str, overrides: list[str], marks: list[float], n: int, device: str, work: Path) -> list[dict]:
+def training_modes(cfg: C.Config) -> int | None:
+    """Distinct ShapeStack modes in the built-in training set (the most a G of it can cover)."""
+    if cfg.data.shards or cfg.data.builtin != "shapestack":
+        return None
+    _, glyphs = shapestack.generate(cfg.data.builtin_samples, cfg.data.resolution, seed=0)  # as builtin_shards
+    return int(len(np.unique(shapestack.mode_index(glyphs))))
+
+
+def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str, work: Path) -> list[dict]:
     from jobs.train import builtin_shards
 
+    preset, *own = arm.split("+")
     # The run ends at the last mark, not at train.steps; checkpoints come often so a mark is
     # scored soon after it passes (a checkpoint is a few ms at these sizes).
-    cfg = C.load(preset, [*overrides, "train.steps=100000000", "train.checkpoint_every=50",
+    cfg = C.load(preset, [*overrides, *own, "train.steps=100000000", "train.checkpoint_every=50",
                           "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1"])
+    have = training_modes(cfg)
+    if have is not None and cfg.data.builtin_samples < 1000 * 5:
+        print(f"  {arm}: the {cfg.data.builtin_samples} training images hold {have} of the 1000 modes", flush=True)
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
     rows = []
 
     def on_score(minutes, step, images, s):
-        rows.append({"preset": preset, "minutes": round(minutes, 2), "step": step, "images_seen": images,
+        rows.append({"preset": arm, "minutes": round(minutes, 2), "step": step, "images_seen": images,
                      "modes": s["modes"], "kl": round(s["kl"], 4),
-                     "oracle_accuracy": round(s.get("oracle_accuracy", float("nan")), 3)})
+                     "oracle_accuracy": round(s.get("oracle_accuracy", float("nan")), 3),
+                     "training_modes": have if have is not None else "",
+                     **({"aug_p": round(metrics_seen["aug_p"], 3)} if "aug_p" in metrics_seen else {})})
         r = rows[-1]
-        print(f"  {preset:<16} {r['minutes']:>6.2f} min  step {step:>7}  {r['modes']:>4} modes  "
-              f"KL {r['kl']:.3f}  acc {r['oracle_accuracy']}", flush=True)
+        print(f"  {arm:<16} {r['minutes']:>6.2f} min  step {step:>7}  {r['modes']:>4} modes  "
+              f"KL {r['kl']:.3f}  acc {r['oracle_accuracy']}" + (f"  p {r['aug_p']}" if "aug_p" in r else ""),
+              flush=True)
 
     from pipeline.engine import loop
-    ctx = _Clocked(cfg, work / preset, device, None, True, marks=marks, n=n, on_score=on_score)
+    metrics_seen: dict = {}
+    ctx = _Clocked(cfg, work / arm.replace("/", "_"), device, None, True, marks=marks, n=n,
+                   on_score=on_score, seen=metrics_seen)
     try:
         loop.run(cfg, ctx, {"urls": urls, "counts": None})
     except _Budget:
@@ -139,14 +163,15 @@ def main() -> None:
         for preset in a.presets:
             rows += run(preset, a.set, marks, a.n, a.device, Path(td))
     with open(out / "quality.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
     plot(rows, out / "quality.png")
-    print(f"\n{'preset':<16}{'minutes':>8}{'step':>9}{'modes':>7}{'KL':>8}{'acc':>7}")
+    w = max(16, *(len(r["preset"]) + 1 for r in rows))
+    print(f"\n{'preset':<{w}}{'minutes':>8}{'step':>9}{'modes':>7}{'KL':>8}{'acc':>7}{'of':>6}{'p':>7}")
     for r in rows:
-        print(f"{r['preset']:<16}{r['minutes']:>8.2f}{r['step']:>9}{r['modes']:>7}{r['kl']:>8.3f}"
-              f"{r['oracle_accuracy']:>7}")
+        print(f"{r['preset']:<{w}}{r['minutes']:>8.2f}{r['step']:>9}{r['modes']:>7}{r['kl']:>8.3f}"
+              f"{r['oracle_accuracy']:>7}{r['training_modes']:>6}{r.get('aug_p', ''):>7}")
     first = {}
     for r in rows:
         if r["modes"] >= 900 and r["preset"] not in first:

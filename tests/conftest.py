@@ -16,12 +16,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # The longest files first: under `pytest -n 2 --dist loadfile` (the README's command) each xdist
 # worker takes the next file when it is free, so the two finish together instead of one running
 # the Tune studies alone at the end. Measured per file on 2 cores, in seconds.
-LONGEST_FIRST = ["test_tune.py",            # ~290: three studies of Ray Train trials
-                 "test_families.py",        # ~110: two fits over every family
-                 "test_node_loss.py",       # ~100: its own 3-node cluster
-                 "test_registry_server.py",  # ~100: ganforge train on a pty, then the registry flow
-                 "test_submit_head.py",     # ~85: its own head and a submitted job
-                 "test_progan_train.py"]    # ~75: a run with a restart, then a rerun
+LONGEST_FIRST = ["test_tune.py",            # ~290: the Train-trial resume study, two in-process ones
+                 "test_families.py",        # ~190: two fits over every family
+                 "test_node_loss.py",       # ~110: its own 3-node cluster
+                 "test_submit_head.py",     # ~130: its own head and a submitted job
+                 "test_registry_server.py",  # ~115: ganforge train on a pty, then the registry flow
+                 "test_progan_train.py"]    # ~100: a run with a restart, then a rerun
 
 
 def pytest_collection_modifyitems(config, items):
