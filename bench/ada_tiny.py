@@ -14,7 +14,7 @@ import time
 import torch
 
 from pipeline import config as C
-from pipeline.data import resolve_shards
+from pipeline.data import resolve_shards, shard_counts
 from pipeline.engine.context import train_local
 
 
@@ -28,7 +28,7 @@ def run(preset: str, samples: int, args) -> list[dict]:
                           "aug.kind=ada", f"aug.ada_speed_kimg={args.speed_kimg}",
                           f"aug.ada_target={args.target}", *args.override])
     urls, manifest = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
-    counts = [s["count"] for s in manifest["shards"]] if manifest else None
+    counts = shard_counts(manifest)
     with tempfile.TemporaryDirectory() as td:
         _, ctx = train_local(cfg, {"urls": urls, "counts": counts}, td, quiet=True)
     return ctx.reports

@@ -18,7 +18,7 @@ import time
 import torch
 
 from pipeline import config as C
-from pipeline.data import resolve_shards
+from pipeline.data import resolve_shards, shard_counts
 from pipeline.engine.context import train_local
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     from jobs.train import builtin_shards       # the built-in data, written once under $GANFORGE_HOME
 
     urls, manifest = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
-    counts = [s["count"] for s in manifest["shards"]] if manifest else None
+    counts = shard_counts(manifest)
     with tempfile.TemporaryDirectory() as td:
         t0 = time.perf_counter()
         _, ctx = train_local(cfg, {"urls": urls, "counts": counts}, td, device=a.device, quiet=True)

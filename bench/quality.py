@@ -48,9 +48,9 @@ class _Budget(Exception):
 class _Clocked(LocalContext):
     """The local context, scoring the checkpointed generator at each mark on the training clock."""
 
-    def __init__(self, *a, marks: list[float], n: int, on_score, seen: dict, **k):
+    def __init__(self, *a, marks: list[float], n: int, on_score, **k):
         super().__init__(*a, **k)
-        self.marks, self.n, self.on_score, self.seen = list(marks), n, on_score, seen
+        self.marks, self.n, self.on_score = list(marks), n, on_score
         self.t0, self.paused = time.monotonic(), 0.0
 
     def minutes(self) -> float:
@@ -58,15 +58,13 @@ class _Clocked(LocalContext):
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         super().report(metrics, checkpoint_dir)
-        self.seen.update(metrics)
         if checkpoint_dir is None or not self.marks or self.minutes() < self.marks[0]:
             return
         t = time.monotonic()
         at = self.minutes()
         while self.marks and self.marks[0] <= at:
             self.marks.pop(0)
-        self.on_score(at, int(metrics["step"]), int(metrics.get("images_seen", 0)),
-                      score(GM.from_checkpoint(checkpoint_dir), self.n))
+        self.on_score(at, metrics, score(GM.from_checkpoint(checkpoint_dir), self.n))
         self.paused += time.monotonic() - t
         if not self.marks:
             raise _Budget
@@ -102,21 +100,22 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
     rows = []
 
-    def on_score(minutes, step, images, s):
-        rows.append({"preset": arm, "minutes": round(minutes, 2), "step": step, "images_seen": images,
+    def on_score(minutes, metrics, s):
+        step = int(metrics["step"])
+        rows.append({"preset": arm, "minutes": round(minutes, 2), "step": step,
+                     "images_seen": int(metrics.get("images_seen", 0)),
                      "modes": s["modes"], "kl": round(s["kl"], 4),
                      "oracle_accuracy": round(s.get("oracle_accuracy", float("nan")), 3),
                      "training_modes": have if have is not None else "",
-                     **({"aug_p": round(metrics_seen["aug_p"], 3)} if "aug_p" in metrics_seen else {})})
+                     **({"aug_p": round(metrics["aug_p"], 3)} if "aug_p" in metrics else {})})
         r = rows[-1]
         print(f"  {arm:<16} {r['minutes']:>6.2f} min  step {step:>7}  {r['modes']:>4} modes  "
               f"KL {r['kl']:.3f}  acc {r['oracle_accuracy']}" + (f"  p {r['aug_p']}" if "aug_p" in r else ""),
               flush=True)
 
     from pipeline.engine import loop
-    metrics_seen: dict = {}
     ctx = _Clocked(cfg, work / arm.replace("/", "_"), device, None, True, marks=marks, n=n,
-                   on_score=on_score, seen=metrics_seen)
+                   on_score=on_score)
     try:
         loop.run(cfg, ctx, {"urls": urls, "counts": None})
     except _Budget:

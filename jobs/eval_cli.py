@@ -89,7 +89,7 @@ def _real_data(data: str | None, cfg):
     """-> (shard urls, per-shard counts or None, manifest sha, source, resolution)."""
     import hashlib
 
-    from pipeline.data import resolve_shards
+    from pipeline.data import resolve_shards, shard_counts
 
     spec = data or (cfg.data.shards if cfg else None)
     if spec is None:
@@ -99,7 +99,7 @@ def _real_data(data: str | None, cfg):
         spec = str(builtin_shards(cfg))
     urls, manifest = resolve_shards(spec)
     if manifest:
-        counts = [s["count"] for s in manifest["shards"]]
+        counts = shard_counts(manifest)
         return urls, counts, manifest["sha256"], manifest["path"], manifest["resolution"]
     # No manifest: the spec itself is the fingerprint (weaker: shard contents are not hashed).
     res = cfg.data.resolution if cfg else None

@@ -128,11 +128,11 @@ def submit(cfg: C.Config, address: str | None, *, verbose: bool = False) -> tupl
             except RuntimeError as e:
                 # A head that has just started answers 500 "No available agent to submit job"
                 # until its job agent registers (seconds; longer on a loaded machine).
-                if "No available agent" not in str(e) or time.monotonic() > deadline:
-                    if "No available agent" in str(e):
-                        raise RuntimeError(f"{address or 'the cluster'}: its job agent did not come up "
-                                           f"within {AGENT_WAIT_S} s (is the head still starting?)") from None
+                if "No available agent" not in str(e):
                     raise
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{address or 'the cluster'}: its job agent did not come up "
+                                       f"within {AGENT_WAIT_S} s (is the head still starting?)") from None
                 time.sleep(2)
     return client, job_id
 

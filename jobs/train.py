@@ -237,10 +237,11 @@ def run_training(cfg: C.Config, *, resume_from: str | None = None, verbose: bool
 def run_local(cfg: C.Config, out: str, device: str = "cpu", resume_from: str | None = None) -> dict:
     """The same engine in this process through the local context (torch alone): no Ray, no
     MLflow. Writes metrics.jsonl, samples/ and checkpoint_* under `out`; rerunning resumes."""
+    from pipeline.data import shard_counts
     from pipeline.engine.context import checkpoints, train_local
 
     urls, manifest, spec = _shards(cfg)
-    counts = [s["count"] for s in manifest["shards"]] if manifest else None
+    counts = shard_counts(manifest)
     prepared = evaluation.prepare(cfg, urls, manifest, spec) if cfg.eval.every else None
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "resolved_config.yaml").write_text(C.dump_yaml(cfg))
@@ -276,6 +277,7 @@ def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from pipeline.data import shard_counts
     from pipeline.engine.worker_entry import train_loop_per_worker
 
     s = cfg.scaling
@@ -283,7 +285,7 @@ def build_trainer(cfg: C.Config, *, urls: list[str], manifest: dict | None, run_
         train_loop_per_worker,
         train_loop_config={
             "config": C.to_dict(cfg), "shard_urls": urls,
-            "shard_counts": [sh["count"] for sh in manifest["shards"]] if manifest else None,
+            "shard_counts": shard_counts(manifest),
             "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id,
             "run_dir": S.join(str(storage), run_name), "resume_from": resume_from,
             "eval": evaluation.prepare(cfg, urls, manifest, spec) if cfg.eval.every else None,

@@ -168,24 +168,22 @@ def _fit_in_process(cfg, st: Study, run_dir: Path, resume_from: str | None, logg
     that is ~15 s of imports per trial start."""
     import torch
 
+    from pipeline.data import shard_counts
     from pipeline.engine import loop
     from pipeline.engine.context import LocalContext
 
     class TrialContext(LocalContext):
         def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-            super().report(metrics, checkpoint_dir)     # the copy in run_dir is what Tune takes
-            kept = Path(self.run_dir) / f"checkpoint_{int(metrics['step']):07d}"
-            to_tune(dict(metrics), str(kept) if checkpoint_dir else None)
+            to_tune(dict(metrics), super().report(metrics, checkpoint_dir))   # Tune takes the kept copy
 
     device = "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
     ctx = TrialContext(cfg, run_dir, device, resume_from, quiet=True)
     ctx.tracker = logger
-    counts = [sh["count"] for sh in st.manifest["shards"]] if st.manifest else None
     prepared = None
     if cfg.eval.every:
         from pipeline.evaluation import in_loop as evaluation
         prepared = evaluation.prepare(cfg, st.shard_urls, st.manifest, st.data_spec)
-    loop.run(cfg, ctx, {"urls": st.shard_urls, "counts": counts}, prepared)
+    loop.run(cfg, ctx, {"urls": st.shard_urls, "counts": shard_counts(st.manifest)}, prepared)
 
 
 def _fit_train_run(cfg, st: Study, trial_id: str, run_name: str, train_root: Path, run_id: str,

@@ -164,6 +164,11 @@ def _local_path(url: str) -> str | None:
     return None
 
 
+def shard_counts(manifest: dict | None) -> list[int] | None:
+    """Samples per shard from a manifest, aligned with its urls; None without one."""
+    return [s["count"] for s in manifest["shards"]] if manifest else None
+
+
 def resolve_shards(spec: str) -> tuple[list[str], dict | None]:
     """A manifest (file or folder), brace pattern, URL, or several joined by '::' -> (urls,
     manifest or None). Local paths come back absolute: Ray workers run in another cwd."""

@@ -93,10 +93,11 @@ class LocalContext:
         from pipeline.engine.progress import ProgressLine
         return None if self.quiet else ProgressLine(total, out=sys.stdout)
 
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> str | None:
+        """Keep the metrics, and the checkpoint as run_dir/checkpoint_NNNNNNN. -> that folder."""
         self.reports.append(dict(metrics))
         if checkpoint_dir is None:
-            return
+            return None
         final = Path(self.run_dir) / f"checkpoint_{int(metrics['step']):07d}"
         tmp = final.with_name(f".{final.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -106,6 +107,7 @@ class LocalContext:
         tmp.rename(final)      # a crash mid-copy leaves only a hidden .tmp folder, never a bad latest
         for old in checkpoints(Path(self.run_dir))[:-self.cfg.train.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+        return str(final)
 
 
 def train_local(cfg, data: dict, run_dir: str | Path, *, device: str = "cpu",

@@ -34,13 +34,14 @@ def prepare(cfg: C.Config, urls: list[str], manifest: dict | None, spec: str) ->
     """Driver side. -> what train_loop_per_worker needs under loop["eval"]."""
     from pipeline.evaluation import metrics
     from pipeline.evaluation.extractors import load_extractor
+    from pipeline.data import shard_counts
     from pipeline.evaluation.metrics import reference
 
     if not _needs_extractor(cfg):
         return {"weights": None, "ref_path": None}
     weights = _extractor_weights(cfg)
     ex = load_extractor(cfg.eval.extractor, weights=weights)
-    counts = [s["count"] for s in manifest["shards"]] if manifest else None
+    counts = shard_counts(manifest)
     sha = manifest["sha256"] if manifest else spec
     ref = reference.reference_stats(
         reference.shard_batches(urls, cfg.data.resolution, batch_size=cfg.eval.batch_size,

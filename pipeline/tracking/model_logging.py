@@ -90,11 +90,10 @@ def log_generator(client: MlflowClient, gen: GM.Generator, cfg: C.Config, *, ste
     """Log the generator into run `run_id` (MLflow's global tracking URI must be the client's).
     Returns the model URI and the generator manifest."""
     with tempfile.TemporaryDirectory() as td:
-        pt2, folder = Path(td, GM.PT2), Path(td, "generator")
-        if cfg.tracking.export_pt2:
+        pt2 = Path(td, GM.PT2) if cfg.tracking.export_pt2 else None
+        folder = Path(td, "generator")
+        if pt2:
             GM.export_pt2(gen, pt2)
-        else:
-            pt2 = None
         m = GM.write_folder(gen, cfg, folder, step=step,
                             extra={"pt2_sha256": sha256_file(pt2)} if pt2 else {})
         sig, example = signature_and_example(m)
