@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import register
-from models.layers import LinearCondBatchNorm2d, SelfAttention, sn_conv2d, sn_embedding, sn_linear
+from models.layers import LinearCondBatchNorm2d, SelfAttention, packed, sn_conv2d, sn_embedding, sn_linear
 
 # Multiples of `ch`. G: width at 4x4, then after each 2x-upsampling block.
 G_MULT = {32: (4, 4, 4, 4), 64: (16, 16, 8, 4, 2), 128: (16, 16, 8, 4, 2, 1),
@@ -49,6 +49,7 @@ class BigGANConfig:
     # Sampling only (sample grids, evaluation): redraw latent values with |z| above this (the
     # truncation trick). None = plain N(0, 1). Training always samples N(0, 1).
     truncation: float | None = None
+    pack: int = 1                 # PacGAN: D judges `pack` samples at once (see DCGANConfig.pack)
 
     hierarchical: ClassVar[bool] = True           # BigGAN-deep overrides: whole z to every block
     d_mult: ClassVar[dict] = D_MULT               # D width per stage, for attention checks
@@ -58,7 +59,7 @@ class BigGANConfig:
         r = self.resolution
         if r not in G_MULT:
             raise ValueError(f"resolution: {r} must be one of {sorted(G_MULT)}")
-        for k in ("z_dim", "shared_dim"):
+        for k in ("z_dim", "shared_dim", "pack"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k}: must be >= 1")
         for k in ("ch", "d_ch"):
@@ -127,8 +128,9 @@ class DBlock(nn.Module):
 class ProjectionHead(nn.Module):
     """ReLU, global sum pooling, linear, plus <embed(y), h> when class-conditional."""
 
-    def __init__(self, width: int, num_classes: int):
+    def __init__(self, width: int, num_classes: int, pack: int = 1):
         super().__init__()
+        self.pack = pack
         self.linear = sn_linear(width, 1)
         self.embed = sn_embedding(num_classes, width) if num_classes else None
 
@@ -138,7 +140,8 @@ class ProjectionHead(nn.Module):
         if self.embed is not None:
             if y is None:
                 raise ValueError("class-conditional discriminator needs labels y")
-            out = out + (self.embed(y) * h.float()).sum(1)
+            e = self.embed(y).reshape(h.shape[0], self.pack, -1).sum(1)   # a pack's labels, summed
+            out = out + (e * h.float()).sum(1)
         return out
 
 
@@ -184,14 +187,15 @@ class Discriminator(nn.Module):
         w = [cfg.d_width * m for m in D_MULT[cfg.resolution]]
         n_down = D_DOWN[cfg.resolution]
         self.blocks = nn.ModuleList(DBlock(a, b, down=i < n_down, preact=i > 0)
-                                    for i, (a, b) in enumerate(zip([3] + w[:-1], w)))
+                                    for i, (a, b) in enumerate(zip([3 * cfg.pack] + w[:-1], w)))
         # Block i < n_down outputs resolution / 2**(i+1) px.
         self.attn_after = int(math.log2(cfg.resolution // cfg.attn)) - 1 if cfg.attn else -1
         self.attn = SelfAttention(w[self.attn_after]) if cfg.attn else None
-        self.head = ProjectionHead(w[-1], cfg.num_classes)
+        self.head = ProjectionHead(w[-1], cfg.num_classes, cfg.pack)
+        self.pack = cfg.pack
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = x
+        h = packed(x, self.pack)
         for i, block in enumerate(self.blocks):
             h = block(h)
             if i == self.attn_after:

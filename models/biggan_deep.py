@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from models import register
 from models.biggan import G_MULT, BigGANConfig, ProjectionHead
-from models.layers import LinearCondBatchNorm2d, SelfAttention, sn_conv2d, sn_linear
+from models.layers import LinearCondBatchNorm2d, SelfAttention, packed, sn_conv2d, sn_linear
 
 # D: width of the input conv, then each stage's output width (multiples of d_ch); every stage
 # halves the resolution down to 4x4.
@@ -117,7 +117,8 @@ class Discriminator(nn.Module):
         self.num_classes = cfg.num_classes
         d_ch = cfg.d_width
         w = [d_ch * DEEP_D_STEM[cfg.resolution]] + [d_ch * m for m in DEEP_D_MULT[cfg.resolution]]
-        self.stem = sn_conv2d(3, w[0])
+        self.stem = sn_conv2d(3 * cfg.pack, w[0])
+        self.pack = cfg.pack
         self.blocks = nn.ModuleList()
         for a, b in zip(w[:-1], w[1:]):           # per resolution: downsample and widen, then keep
             self.blocks.extend([DeepDBlock(a, b, down=True), DeepDBlock(b, b, down=False)])
@@ -125,10 +126,10 @@ class Discriminator(nn.Module):
         stage = int(math.log2(cfg.resolution // cfg.attn)) - 1 if cfg.attn else -1
         self.attn_after = 2 * stage + 1 if cfg.attn else -1
         self.attn = SelfAttention(w[stage + 1]) if cfg.attn else None
-        self.head = ProjectionHead(w[-1], cfg.num_classes)
+        self.head = ProjectionHead(w[-1], cfg.num_classes, cfg.pack)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.stem(x)
+        h = self.stem(packed(x, self.pack))
         for i, block in enumerate(self.blocks):
             h = block(h)
             if i == self.attn_after:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from models import register
-from models.layers import dcgan_init, maybe_sn
+from models.layers import MinibatchStdDev, dcgan_init, maybe_sn, packed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +25,11 @@ class DCGANConfig:
     num_classes: int = 0          # 0 = unconditional; >0 = class-conditional (cGAN)
     d_norm: Literal["batch", "none"] = "batch"   # "none" for gradient penalties (per-sample grads)
     spectral_norm: bool = False   # spectral normalization on every D layer
+    # Coverage options for D (issue 17); both attack mode collapse by letting D see a batch's
+    # diversity, which a per-sample D cannot.
+    pack: int = 1                 # PacGAN (Lin et al. 2018): D judges `pack` samples at once, stacked
+                                  #   on the channel axis (one logit per pack); the batch must divide
+    mbstd_group: int = 0          # minibatch-stddev (ProGAN) group before D's head; 0 = off
 
     def __post_init__(self):
         r = self.resolution
@@ -35,6 +40,8 @@ class DCGANConfig:
                 raise ValueError(f"{k}: must be >= 1")
         if self.num_classes < 0:
             raise ValueError("num_classes: must be >= 0")
+        if self.pack < 1 or self.mbstd_group < 0:
+            raise ValueError("pack: must be >= 1; mbstd_group: must be >= 0")
 
 
 def _n_blocks(resolution: int) -> int:
@@ -71,26 +78,31 @@ class Discriminator(nn.Module):
         self.num_classes = cfg.num_classes
         n = _n_blocks(cfg.resolution)
         ch = [cfg.d_channels * 2 ** i for i in range(n)]              # e.g. 64,128,256 for 32 px
-        sn = cfg.spectral_norm
-        layers = [maybe_sn(nn.Conv2d(3, ch[0], 4, 2, 1), sn), nn.LeakyReLU(0.2, True)]
+        sn, self.pack = cfg.spectral_norm, cfg.pack
+        layers = [maybe_sn(nn.Conv2d(3 * cfg.pack, ch[0], 4, 2, 1), sn), nn.LeakyReLU(0.2, True)]
         for a, b in zip(ch[:-1], ch[1:]):
             layers.append(maybe_sn(nn.Conv2d(a, b, 4, 2, 1, bias=cfg.d_norm == "none"), sn))
             if cfg.d_norm == "batch":
                 layers.append(nn.BatchNorm2d(b))
             layers.append(nn.LeakyReLU(0.2, True))
-        self.features = nn.Sequential(*layers)                        # -> [N, ch[-1], 4, 4]
-        self.out = maybe_sn(nn.Linear(ch[-1] * 16, 1), sn)
-        self.embed = maybe_sn(nn.Embedding(cfg.num_classes, ch[-1] * 16), sn) if cfg.num_classes else None
+        if cfg.mbstd_group:
+            layers.append(MinibatchStdDev(cfg.mbstd_group))
+        self.features = nn.Sequential(*layers)          # -> [N / pack, ch[-1] (+1 for mbstd), 4, 4]
+        width = (ch[-1] + (cfg.mbstd_group > 0)) * 16
+        self.out = maybe_sn(nn.Linear(width, 1), sn)
+        self.embed = maybe_sn(nn.Embedding(cfg.num_classes, width), sn) if cfg.num_classes else None
         dcgan_init(self)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x).flatten(1)
+        h = self.features(packed(x, self.pack)).flatten(1)
         logits = self.out(h).squeeze(1)
         if self.embed is not None:
             if y is None:
                 raise ValueError("class-conditional discriminator needs labels y")
-            logits = logits + (self.embed(y) * h).sum(1)    # projection term <embed(y), h>
+            e = self.embed(y).reshape(h.shape[0], self.pack, -1).sum(1)   # a pack's labels, summed
+            logits = logits + (e * h).sum(1)               # projection term <embed(y), h>
         return logits
+
 
 
 def base_config(cfg: DCGANConfig, **changes) -> DCGANConfig:
@@ -106,6 +118,8 @@ class HeadedDiscriminator(nn.Module):
 
     def __init__(self, cfg: DCGANConfig, out_dim: int, hidden: int = 0):
         super().__init__()
+        if cfg.pack > 1:
+            raise ValueError("model.pack: a headed D (ACGAN, InfoGAN) predicts per sample; use pack=1")
         self.body = Discriminator(base_config(cfg, num_classes=0))
         w, sn = self.body.out.in_features, cfg.spectral_norm
         self.head = (nn.Sequential(maybe_sn(nn.Linear(w, hidden), sn), nn.LeakyReLU(0.2), nn.Linear(hidden, out_dim))

@@ -148,6 +148,17 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * torch.rsqrt(x.square().mean(1, keepdim=True) + eps)
 
 
+def packed(x: torch.Tensor, m: int) -> torch.Tensor:
+    """[N, C, H, W] -> [N / m, m * C, H, W]: samples m*k .. m*k + m-1 side by side on the channel
+    axis, so one D judgement sees m samples (PacGAN)."""
+    if m == 1:
+        return x
+    n, c, h, w = x.shape
+    if n % m:
+        raise ValueError(f"model.pack: a batch of {n} does not divide into packs of {m}")
+    return x.reshape(n // m, m * c, h, w)
+
+
 class MinibatchStdDev(nn.Module):
     """ProGAN's minibatch standard deviation: one extra feature map holding the std of each feature
     over a group of samples, averaged over features and pixels. The group is the largest divisor

@@ -82,21 +82,27 @@ class LossConfig:
     # fakes to 1 (the 0-1-1 coding), each term halved as in the paper.
     kind: Literal["minimax", "nonsaturating", "hinge", "wasserstein", "least_squares"] = "nonsaturating"
     gp_weight: float = 0.0        # WGAN-GP gradient penalty weight (lambda); 0 disables
-    r1_gamma: float = 0.0         # R1 penalty on real data (gamma); 0 disables
+    r1_gamma: float = 0.0         # R1 zero-centred penalty on real data (gamma); 0 disables
     # Lazy R1 (StyleGAN2): a separate "Dreg" phase every N steps on the last real batch, its
     # weight times N and D's lr/betas corrected by N / (N + 1); 1 = in every D step.
     r1_every: int = 1
     drift_weight: float = 0.0     # ProGAN drift term eps * E[D(x)^2]; 0 disables
     ortho_weight: float = 0.0     # BigGAN orthogonal regularization of G (beta); 0 disables
+    # MSGAN's mode-seeking term (Mao et al. 2019) in G's loss: pairs of samples with the same
+    # condition and different z are pushed apart (a coverage option, for G(z, y) families that
+    # run DirectGAN's G phase); 0 disables. MSGAN uses 1.
+    mode_seeking_weight: float = 0.0
 
     def __post_init__(self):
-        for k in ("gp_weight", "r1_gamma", "drift_weight", "ortho_weight"):
+        for k in ("gp_weight", "r1_gamma", "drift_weight", "ortho_weight", "mode_seeking_weight"):
             _check(getattr(self, k) >= 0, f"loss.{k}", "must be >= 0")
         _check(self.r1_every >= 1, "loss.r1_every", "must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
+    # Adam learning rates of G's and D's phases. A d_lr above g_lr is the two time-scale update
+    # rule (TTUR, Heusel et al. 2017; SAGAN uses 4e-4 / 1e-4), one of the coverage options.
     g_lr: float = 2e-4
     d_lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)

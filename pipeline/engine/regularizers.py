@@ -35,6 +35,16 @@ def drift(real_logits: torch.Tensor) -> torch.Tensor:
     return real_logits.float().pow(2).mean()
 
 
+def mode_seeking(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's mode-seeking term (Mao et al. 2019, eq. 3), to be minimised: 1 / (d_I / d_z + eps)
+    with d_I = E|G(z1) - G(z2)| and d_z = E|z1 - z2| over pairs (sample i with sample i + n/2, which
+    share their condition). A G that ignores z for a condition makes d_I, and so the ratio, small."""
+    h = fake.shape[0] // 2
+    d_img = (fake[:h] - fake[h:2 * h]).float().abs().flatten(1).mean(1)
+    d_z = (z[:h] - z[h:2 * h]).float().abs().flatten(1).mean(1)
+    return 1.0 / ((d_img / d_z).mean() + eps)
+
+
 def orthogonal(model: torch.nn.Module) -> torch.Tensor:
     """BigGAN's orthogonal regularization (Brock et al. 2019, eq. 3, without beta): the sum over
     weight matrices W in PyTorch's [out, in*k*k] layout of ||W W^T * (1 - I)||_F^2, on the raw

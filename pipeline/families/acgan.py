@@ -32,6 +32,8 @@ class ACGANConfig(dcgan.DCGANConfig):
 
 @register("acgan", ACGANConfig)
 class ACGAN(DirectGAN):
+    per_sample_d = True
+
     def build(self):
         # D(x, head=True) -> (real/fake logit, class logits) from one body
         return {"G": dcgan.Generator(self.model), "D": dcgan.HeadedDiscriminator(self.model, self.model.num_classes)}

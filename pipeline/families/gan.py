@@ -59,6 +59,20 @@ class DirectGAN(Family):
     def generate(self, nets, inputs):
         return nets["G"](inputs["z"], inputs.get("cls"))
 
+    per_sample_d = False          # a D head that predicts per sample (ACGAN's classifier, InfoGAN's Q)
+
+    def config_problems(self):
+        pack, b = getattr(self.model, "pack", 1), self.cfg.train.batch_size
+        own_g = type(self)._loss_G is not DirectGAN._loss_G or "G" not in {p.name for p in self.phases()}
+        if self.cfg.loss.mode_seeking_weight > 0 and own_g:
+            return [("loss.mode_seeking_weight", f"{self.cfg.loss.mode_seeking_weight}: this family has "
+                     f"its own G loss, which does not apply it; use 0")]
+        if pack > 1 and self.per_sample_d:
+            return [("model.pack", f"{pack}: this family's D head predicts per sample; use 1")]
+        if b % pack:
+            return [("train.batch_size", f"{b} does not divide into packs of model.pack={pack}")]
+        return []
+
     # -- losses --------------------------------------------------------------------------------
     def reals(self, batch: dict) -> torch.Tensor:
         """The real images D sees (ProGAN downsamples them to its stage)."""
@@ -112,10 +126,17 @@ class DirectGAN(Family):
         G, D, L = nets["G"], nets["D"], self.cfg.loss
         y = self.labels(batch)
         n = batch["image"].shape[0]
+        z = self.z(n, ctx.device)
+        if L.mode_seeking_weight > 0 and y is not None:
+            y = torch.cat([y[:n // 2], y[:n - n // 2]])   # pairs (i, i + n/2) share their class
         with ctx.amp():
-            fake = G(self.z(n, ctx.device), y)
+            fake = G(z, y)
             loss = losses.g_loss(L.kind, D(self.augment(fake), y).float())
         stats = {"loss_g": loss.detach()}
+        if L.mode_seeking_weight > 0:
+            ms = regularizers.mode_seeking(fake, z)
+            loss = loss + L.mode_seeking_weight * ms
+            stats["mode_seeking"] = ms.detach()
         if L.ortho_weight > 0:
             ortho = regularizers.orthogonal(unwrap(G))
             loss = loss + L.ortho_weight * ortho

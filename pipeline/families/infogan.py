@@ -47,6 +47,8 @@ class InfoGANConfig(dcgan.DCGANConfig):
 
 @register("infogan", InfoGANConfig)
 class InfoGAN(DirectGAN):
+    per_sample_d = True
+
     @property
     def fields(self):
         return {"image": Image()}

@@ -62,6 +62,8 @@ class Translator(Family):
         if getattr(self.cfg.aug, "kind", "none") != "none":
             out.append(("aug.kind", f"{self.cfg.aug.kind!r}: augmentation is not applied to translation "
                         f"families (their D sees image pairs or domains); use none"))
+        if self.cfg.loss.mode_seeking_weight > 0:
+            out.append(("loss.mode_seeking_weight", "translation families do not apply it; use 0"))
         if self.cfg.eval.every:
             out.append(("eval.every", "translators are not evaluated in the loop; set 0 and score a "
                         "trained one with bench/quality_translation.py or pipeline.evaluation.translation"))
