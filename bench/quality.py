@@ -13,8 +13,8 @@ Trains each preset through the engine's local context (the real phases, data str
 no MLflow) for a wall-clock budget and, at each of the fixed minutes, scores its sampled generator
 (the EMA copy where the family keeps one) with ShapeStack's exact oracle: modes hit (of 1000), KL
 of the mode histogram to uniform (nats), and the oracle's class accuracy for conditional models.
-Scoring time is not counted as training time. Prints a table, writes quality.csv and
-quality.png (modes and KL against minutes) in --out.
+Scoring time is not counted as training time. Prints a table, writes quality.csv,
+quality.png (modes and KL against minutes) and grid_ARM.png (100 samples at the latest mark) in --out.
 
 Literature, stacked MNIST with 1000 modes (VEEGAN 2017, PacGAN 2018 tables): DCGAN 99 modes
 KL 3.40; Unrolled GAN 48.7 / 4.32; VEEGAN 150 / 2.95; PacDCGAN 1000 / about 0.06.
@@ -26,6 +26,7 @@ import argparse
 import csv
 import os
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -64,7 +65,8 @@ class _Clocked(LocalContext):
         at = self.minutes()
         while self.marks and self.marks[0] <= at:
             self.marks.pop(0)
-        self.on_score(at, metrics, score(GM.from_checkpoint(checkpoint_dir), self.n))
+        G = GM.from_checkpoint(checkpoint_dir)
+        self.on_score(at, metrics, score(G, self.n), G)
         self.paused += time.monotonic() - t
         if not self.marks:
             raise _Budget
@@ -86,7 +88,8 @@ def training_modes(cfg: C.Config) -> int | None:
     return int(len(np.unique(shapestack.mode_index(glyphs))))
 
 
-def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str, work: Path) -> list[dict]:
+def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str, work: Path,
+        out: Path) -> list[dict]:
     from jobs.train import builtin_shards
 
     preset, *own = arm.split("+")
@@ -100,7 +103,11 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
     rows = []
 
-    def on_score(minutes, metrics, s):
+    def on_score(minutes, metrics, s, G):
+        # The grid at the latest mark (10 x 10; a conditional G's columns are its classes).
+        import torchvision.utils as vu
+        name = re.sub(r"[^\w.=-]+", "_", arm)
+        vu.save_image(G.sample(100, seed=1).float() / 255, out / f"grid_{name}.png", nrow=10)
         step = int(metrics["step"])
         rows.append({"preset": arm, "minutes": round(minutes, 2), "step": step,
                      "images_seen": int(metrics.get("images_seen", 0)),
@@ -160,7 +167,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as td:
         for preset in a.presets:
-            rows += run(preset, a.set, marks, a.n, a.device, Path(td))
+            rows += run(preset, a.set, marks, a.n, a.device, Path(td), out)
     with open(out / "quality.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
