@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.utils import save_image
 
 from pipeline import config as C
 from pipeline.data import resolve_shards
@@ -105,9 +106,8 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
 
     def on_score(minutes, metrics, s, G):
         # The grid at the latest mark (10 x 10; a conditional G's columns are its classes).
-        import torchvision.utils as vu
         name = re.sub(r"[^\w.=-]+", "_", arm)
-        vu.save_image(G.sample(100, seed=1).float() / 255, out / f"grid_{name}.png", nrow=10)
+        save_image(G.sample(100, seed=1).float() / 255, out / f"grid_{name}.png", nrow=10)
         step = int(metrics["step"])
         rows.append({"preset": arm, "minutes": round(minutes, 2), "step": step,
                      "images_seen": int(metrics.get("images_seen", 0)),

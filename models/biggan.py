@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import register
-from models.layers import LinearCondBatchNorm2d, SelfAttention, packed, sn_conv2d, sn_embedding, sn_linear
+from models.layers import (LinearCondBatchNorm2d, SelfAttention, packed, packed_labels, sn_conv2d, sn_embedding,
+                           sn_linear)
 
 # Multiples of `ch`. G: width at 4x4, then after each 2x-upsampling block.
 G_MULT = {32: (4, 4, 4, 4), 64: (16, 16, 8, 4, 2), 128: (16, 16, 8, 4, 2, 1),
@@ -140,8 +141,7 @@ class ProjectionHead(nn.Module):
         if self.embed is not None:
             if y is None:
                 raise ValueError("class-conditional discriminator needs labels y")
-            e = self.embed(y).reshape(h.shape[0], self.pack, -1).sum(1)   # a pack's labels, summed
-            out = out + (e * h.float()).sum(1)
+            out = out + (packed_labels(self.embed(y), self.pack) * h.float()).sum(1)
         return out
 
 

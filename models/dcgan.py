@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from models import register
-from models.layers import MinibatchStdDev, dcgan_init, maybe_sn, packed
+from models.layers import MinibatchStdDev, dcgan_init, maybe_sn, packed, packed_labels
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,8 +40,10 @@ class DCGANConfig:
                 raise ValueError(f"{k}: must be >= 1")
         if self.num_classes < 0:
             raise ValueError("num_classes: must be >= 0")
-        if self.pack < 1 or self.mbstd_group < 0:
-            raise ValueError("pack: must be >= 1; mbstd_group: must be >= 0")
+        if self.pack < 1:
+            raise ValueError("pack: must be >= 1")
+        if self.mbstd_group < 0:
+            raise ValueError("mbstd_group: must be >= 0 (0 = off)")
 
 
 def _n_blocks(resolution: int) -> int:
@@ -99,10 +101,8 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             if y is None:
                 raise ValueError("class-conditional discriminator needs labels y")
-            e = self.embed(y).reshape(h.shape[0], self.pack, -1).sum(1)   # a pack's labels, summed
-            logits = logits + (e * h).sum(1)               # projection term <embed(y), h>
+            logits = logits + (packed_labels(self.embed(y), self.pack) * h).sum(1)   # <embed(y), h>
         return logits
-
 
 
 def base_config(cfg: DCGANConfig, **changes) -> DCGANConfig:

@@ -159,6 +159,12 @@ def packed(x: torch.Tensor, m: int) -> torch.Tensor:
     return x.reshape(n // m, m * c, h, w)
 
 
+def packed_labels(e: torch.Tensor, m: int) -> torch.Tensor:
+    """[N, F] class embeddings -> [N / m, F]: each pack's embeddings summed, for a projection
+    D's <embed(y), h> term on packed inputs (the pack's labels as a set)."""
+    return e if m == 1 else e.reshape(e.shape[0] // m, m, -1).sum(1)
+
+
 class MinibatchStdDev(nn.Module):
     """ProGAN's minibatch standard deviation: one extra feature map holding the std of each feature
     over a group of samples, averaged over features and pixels. The group is the largest divisor
