@@ -200,17 +200,19 @@ class Generator(nn.Module):
         self.torgb = nn.ModuleList(ToRGB(cfg.width(r), cfg.w_dim) for r in res)
 
     def ws(self, z: torch.Tensor, y: torch.Tensor | None = None, *, psi=1.0, z2: torch.Tensor | None = None,
-           cutoff: int | None = None, update_w_avg: bool = False) -> torch.Tensor:
-        """[N, num_ws, w_dim]: w broadcast to every layer; with z2, layers from `cutoff` on take
-        z2's w (style mixing); psi (a float or [N]) truncates towards w_avg: w_avg + psi (w - w_avg)."""
+           cutoff: int | torch.Tensor | None = None, update_w_avg: bool = False) -> torch.Tensor:
+        """[N, num_ws, w_dim]: w broadcast to every layer; with z2, layers from `cutoff` (an int or
+        a 0-d tensor) on take z2's w (style mixing); psi (a float or [N]) truncates towards w_avg:
+        w_avg + psi (w - w_avg)."""
         w = self.mapping(z, y, update_w_avg)
         if not (isinstance(psi, (int, float)) and psi == 1):
             psi = torch.as_tensor(psi, dtype=w.dtype, device=w.device).reshape(-1, 1)
             w = self.mapping.w_avg.to(w.dtype).lerp(w, psi)
         ws = w[:, None].expand(-1, self.num_ws, -1)
-        if z2 is not None and cutoff is not None and cutoff < self.num_ws:
-            w2 = self.mapping(z2, y)[:, None].expand(-1, self.num_ws - cutoff, -1)
-            ws = torch.cat([ws[:, :cutoff], w2], 1)
+        if z2 is not None and cutoff is not None:
+            # A mask, not a slice: a tensor cutoff keeps one compiled graph and needs no host read.
+            layer = torch.arange(self.num_ws, device=w.device)[None, :, None]
+            ws = torch.where(layer < cutoff, ws, self.mapping(z2, y)[:, None])
         return ws
 
     def synthesis(self, ws: torch.Tensor, noise: str = "random") -> torch.Tensor:

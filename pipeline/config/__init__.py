@@ -142,6 +142,13 @@ class TrainConfig:
     # under bf16, where it is cuDNN's fast path, else contiguous (NCHW). channels_last also helps
     # oneDNN's CPU convolutions (BigGAN 32 px on one core: ~12% faster per step).
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    # torch.compile of the trained networks (after DDP wrapping, as PyTorch documents): off
+    # (YAML reads it as false), default (or true), max-autotune-no-cudagraphs (also tunes GEMM and
+    # conv choices: minutes at start), or auto = default on a GPU, off elsewhere (on a CPU the
+    # first step pays tens of seconds of C++ compilation). Penalties that differentiate twice
+    # (R1, WGAN-GP, path length) call the eager network: compiled graphs have no double
+    # backward. A growth stage change recompiles.
+    compile: bool | Literal["auto", "default", "max-autotune-no-cudagraphs"] = "auto"
     # Fault-injection for testing recovery: rank 1 (or 0 with one worker) raises once at this step.
     inject_failure_at: int | None = None
 

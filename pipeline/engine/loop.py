@@ -43,6 +43,26 @@ def channels_last(cfg: C.Config, device) -> bool:
                                       and cfg.train.precision != "fp32")
 
 
+def compile_mode(cfg: C.Config, device) -> str | None:
+    """train.compile as a torch.compile mode, or None (eager); auto = "default" on a GPU only."""
+    c = cfg.train.compile
+    if c == "auto":
+        return "default" if device.type == "cuda" else None
+    return "default" if c is True else c or None
+
+
+def wrap(ctx, nets: dict, mode: str | None) -> dict:
+    """What the phases call: each trained network DDP-wrapped by the context, then compiled
+    (PyTorch's order for DDP: compiling the wrapper lets Dynamo split graphs at DDP's buckets).
+    Frozen networks stay as they are. Static shapes: the engine's batches have one shape per
+    stage, and a symbolic batch size only costs speed."""
+    out = {k: ctx.wrap(m) for k, m in nets.items()}
+    if mode is None:
+        return out
+    return {k: torch.compile(m, mode=mode, dynamic=False) if any(p.requires_grad for p in m.parameters())
+            else m for k, m in out.items()}
+
+
 def _maybe_fail(cfg: C.Config, step: int, rank: int, world: int, marker_dir: str) -> None:
     """Raise once (a marker file remembers) so the restarted group can get past this step."""
     at = cfg.train.inject_failure_at
@@ -188,7 +208,10 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
 
     # Growth sets the stage before wrapping, so DDP sees the stage's parameters.
     fam.on_progress(images_seen, nets, emas, opts)
-    wrapped = {k: ctx.wrap(m) for k, m in nets.items()}
+    mode = compile_mode(cfg, device)
+    if mode is not None and rank == 0:
+        ctx.note(f"compiling {', '.join(nets)} (torch.compile {mode}): the first steps take longer")
+    wrapped = wrap(ctx, nets, mode)
     stream = _Data(fam, cfg, ctx, data, device, nhwc, position)
     lctx = Ctx(step=start, device=device, autocast=autocast(cfg, device))
     tracker = ctx.tracker if rank == 0 else None
@@ -211,7 +234,11 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
             change = fam.on_progress(images_seen, nets, emas, opts)
             if change is not None:
                 if change.rewrap:        # see pipeline/families/progan.py for why
-                    wrapped = {k: ctx.wrap(m) for k, m in nets.items()}
+                    if mode is not None:
+                        # The old stage's graphs would only count against Dynamo's recompile
+                        # limit (8 per function: ProGAN-256 has 13 stages), then run eagerly.
+                        torch._dynamo.reset()
+                    wrapped = wrap(ctx, nets, mode)
                 if change.batch_size:
                     stream.open(change.batch_size)
             lctx.step, batch = step, None

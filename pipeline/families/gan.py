@@ -18,12 +18,7 @@ from models.dcgan import DCGANConfig
 from pipeline.data.fields import Image, Label
 from pipeline.engine import losses, regularizers
 from pipeline.families import register
-from pipeline.families.spec import ClassLabel, Ctx, Family, Latent, Nets, Phase
-
-
-def unwrap(m):
-    """The module inside a DDP wrapper (prepare_model wraps only with more than one worker)."""
-    return getattr(m, "module", m)
+from pipeline.families.spec import ClassLabel, Ctx, Family, Latent, Nets, Phase, eager, unwrap
 
 
 class DirectGAN(Family):
@@ -106,11 +101,11 @@ class DirectGAN(Family):
         stats = {"loss_d": loss.detach(), "d_real": real_logits.mean().detach(),
                  "d_fake": fake_logits.mean().detach(), **self.ada_stat(real_logits)}
         if L.gp_weight > 0:
-            gp = regularizers.gradient_penalty(self.augmented(D), real, fake.float(), y)
+            gp = regularizers.gradient_penalty(self.augmented(eager(D)), real, fake.float(), y)
             loss = loss + L.gp_weight * gp
             stats["gp"] = gp.detach()
         if L.r1_gamma > 0 and L.r1_every == 1:
-            r1 = regularizers.r1_penalty(self.augmented(D), real, y)
+            r1 = regularizers.r1_penalty(self.augmented(eager(D)), real, y)
             loss = loss + L.r1_gamma * r1
             stats["r1"] = r1.detach()
         if L.drift_weight > 0:
@@ -119,7 +114,7 @@ class DirectGAN(Family):
 
     def _loss_Dreg(self, nets, batch, ctx):
         L = self.cfg.loss
-        r1 = regularizers.r1_penalty(self.augmented(nets["D"]), self.reals(batch), self.labels(batch))
+        r1 = regularizers.r1_penalty(self.augmented(eager(nets["D"])), self.reals(batch), self.labels(batch))
         return L.r1_gamma * L.r1_every * r1, {"r1": r1.detach()}
 
     def _loss_G(self, nets, batch, ctx):

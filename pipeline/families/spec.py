@@ -22,6 +22,20 @@ from pipeline.data.fields import DEFAULT_FIELDS, Field
 Nets = dict[str, nn.Module]
 
 
+def eager(m):
+    """The network without torch.compile's wrapper (a DDP wrapper stays). Losses that
+    differentiate twice (R1, WGAN-GP, path length) call this: a compiled graph's backward
+    cannot itself be differentiated."""
+    return getattr(m, "_orig_mod", m)
+
+
+def unwrap(m):
+    """The bare network, without torch.compile's or DDP's wrapper (prepare_model wraps only with
+    more than one worker): for reading its parameters, never for a forward that DDP must see."""
+    m = eager(m)
+    return getattr(m, "module", m)
+
+
 # ---------------------------------------------------------------- phases
 
 @dataclass(frozen=True)

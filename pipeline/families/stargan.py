@@ -18,7 +18,7 @@ from models.stargan import StarGANConfig
 from pipeline.data.fields import Image, Label
 from pipeline.engine import losses, regularizers
 from pipeline.families import register
-from pipeline.families.spec import Domain, Phase, SourceImage
+from pipeline.families.spec import Domain, Phase, SourceImage, eager
 from pipeline.families.translation import Translator
 
 
@@ -72,7 +72,7 @@ class StarGAN(Translator):
             stats = {"loss_d": adv.detach(), "cls_d": cls.detach(),
                      "d_real_domain_acc": (cls_real.argmax(1) == c).float().mean().detach()}
             if m.gp_weight > 0:
-                gp = regularizers.gradient_penalty(lambda v, y=None: D(v)[0], x, fake)
+                gp = regularizers.gradient_penalty(lambda v, y=None: eager(D)(v)[0], x, fake)
                 loss = loss + m.gp_weight * gp
                 stats["gp"] = gp.detach()
             return loss, stats

@@ -29,7 +29,7 @@ from models.stylegan2 import StyleGAN2Config, build
 from pipeline.engine import losses
 from pipeline.families import register
 from pipeline.families.gan import DirectGAN
-from pipeline.families.spec import ClassLabel, Ctx, Latent, Phase, Truncation
+from pipeline.families.spec import ClassLabel, Ctx, Latent, Phase, Truncation, eager
 
 
 @register("stylegan2", StyleGAN2Config)
@@ -79,7 +79,8 @@ class StyleGAN2(DirectGAN):
         z2 = cutoff = None
         num_ws = self.model.num_ws
         if self.model.mixing_prob > 0 and torch.rand(()) < self.model.mixing_prob:
-            z2, cutoff = torch.randn_like(z), int(torch.randint(1, num_ws, ()))
+            # A tensor cutoff: one compiled graph for every cutoff, and no host sync.
+            z2, cutoff = torch.randn_like(z), torch.randint(1, num_ws, ()).to(device)
         return G(z, y, z2=z2, cutoff=cutoff, **kw)
 
     def _d(self, D, x, y):
@@ -99,7 +100,7 @@ class StyleGAN2(DirectGAN):
     def _loss_Dreg(self, nets, batch, ctx: Ctx):
         L, ph = self.cfg.loss, ctx.phase
         x = batch["image"].detach().requires_grad_(True)
-        logits = self._d(nets["D"], x, self.labels(batch))          # fp32: double backward
+        logits = self._d(eager(nets["D"]), x, self.labels(batch))   # fp32, eager: double backward
         (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
         r1 = grad.square().sum((1, 2, 3)).mean()
         every = ph.every if ph is not None and ph.lazy else 1
@@ -118,7 +119,7 @@ class StyleGAN2(DirectGAN):
         m, ph = self.model, ctx.phase
         n = max(1, batch["image"].shape[0] // m.pl_batch_shrink)
         y = self.labels(batch)
-        img, ws = self._fake(nets["G"], n, None if y is None else y[:n], ctx.device, return_ws=True)
+        img, ws = self._fake(eager(nets["G"]), n, None if y is None else y[:n], ctx.device, return_ws=True)
         # Path length |J_w^T u| for image-space noise u scaled so its length is resolution-free.
         u = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * u).sum(), ws, create_graph=True)
