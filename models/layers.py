@@ -23,9 +23,38 @@ class ConditionalBatchNorm2d(nn.Module):
         return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
 
 
+class _SpectralNorm(nn.utils.parametrizations._SpectralNorm):
+    """torch's spectral-norm parametrization (same buffers, init and arithmetic), except that a
+    training forward's power iteration *replaces* the u and v buffers instead of writing into
+    them. Under torch.compile a graph may keep the very buffers it read for its backward; torch's
+    in-place update in the next forward before that backward (D on reals, then on fakes) then
+    fails autograd's version check. A replaced tensor is never modified."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.ndim == 1:
+            return F.normalize(weight, dim=0, eps=self.eps)
+        w = self._reshape_weight_to_matrix(weight)
+        if self.training:
+            with torch.no_grad():
+                u, v = self._u, self._v
+                for _ in range(self.n_power_iterations):
+                    u = F.normalize(torch.mv(w, v), dim=0, eps=self.eps)
+                    v = F.normalize(torch.mv(w.H, u), dim=0, eps=self.eps)
+            self._u, self._v = u, v
+        return weight / torch.vdot(self._u, torch.mv(w, self._v))
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectral normalization (Miyato et al. 2018) of module.weight, one power iteration per
+    training forward; state_dict keys as torch.nn.utils.parametrizations.spectral_norm's."""
+    dim = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+    nn.utils.parametrize.register_parametrization(module, "weight", _SpectralNorm(module.weight, 1, dim, 1e-12))
+    return module
+
+
 def maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:
     """Spectral normalization (Miyato et al. 2018) when enabled; one power iteration per call."""
-    return nn.utils.parametrizations.spectral_norm(module) if enabled else module
+    return spectral_norm(module) if enabled else module
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -47,7 +76,7 @@ def _ortho_sn(module: nn.Module) -> nn.Module:
     nn.init.orthogonal_(module.weight)
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
-    return nn.utils.parametrizations.spectral_norm(module)
+    return spectral_norm(module)
 
 
 def sn_conv2d(cin: int, cout: int, kernel_size: int = 3, bias: bool = True) -> nn.Module:
