@@ -165,6 +165,26 @@ def run_phase(fam, phase, nets, opts, batch: dict, ctx: Ctx) -> dict:
     return stats
 
 
+def train_step(fam, phases, wrapped, opts, emas, nets, next_batch, lctx: Ctx, stats: Stats,
+               ema_decay) -> tuple[int, dict | None]:
+    """One engine step at lctx.step: every phase due (each repeat on a new batch where the phase
+    asks for one), then the EMA updates at ema_decay(images drawn in this step).
+    -> (real images drawn on this rank, the last batch). The loop and the GPU benchmark run this."""
+    batch, drawn = None, 0
+    for ph in phases:
+        if not ph.due(lctx.step):
+            continue
+        for _ in range(ph.repeat):
+            if ph.new_batch or batch is None:
+                batch = next_batch()
+                drawn += len(next(iter(batch.values())))
+            stats.add(run_phase(fam, ph, wrapped, opts, batch, lctx))
+    decay = ema_decay(drawn)
+    for k, m in emas.items():
+        ema.update(m, nets[k], decay)
+    return drawn, batch
+
+
 def build(cfg: C.Config, device, nhwc: bool = False):
     """The family, its networks on `device`, their EMA copies and the optimizers."""
     fam = families.of(cfg)
@@ -241,20 +261,12 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
                     wrapped = wrap(ctx, nets, mode)
                 if change.batch_size:
                     stream.open(change.batch_size)
-            lctx.step, batch = step, None
-            for ph in phases:
-                if not ph.due(step):
-                    continue
-                for _ in range(ph.repeat):
-                    if ph.new_batch or batch is None:
-                        batch = stream.next()
-                        images_seen += len(next(iter(batch.values()))) * world  # same batch on every rank
-                    stats.add(run_phase(fam, ph, wrapped, opts, batch, lctx))
-            o = cfg.optim
-            decay = ema.decay_at(o.ema_decay, o.ema_start, o.ema_rampup, step, images_seen,
-                                 cfg.train.batch_size * world)
-            for k, m in emas.items():
-                ema.update(m, nets[k], decay)
+            lctx.step, o = step, cfg.optim
+            decay = lambda drawn: ema.decay_at(  # noqa: E731
+                o.ema_decay, o.ema_start, o.ema_rampup, step, images_seen + drawn * world,
+                cfg.train.batch_size * world)
+            drawn, batch = train_step(fam, phases, wrapped, opts, emas, nets, stream.next, lctx, stats, decay)
+            images_seen += drawn * world          # the same batch on every rank
             _maybe_fail(cfg, step, rank, world, ctx.run_dir)
 
             last = step == total

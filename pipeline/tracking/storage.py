@@ -55,7 +55,12 @@ def _fs(location: str):
     return pyarrow.fs.LocalFileSystem(), str(location)
 
 
+# Local paths take the standard library: the local context (benchmarks, a bare GPU machine)
+# then needs no pyarrow.
+
 def exists(location: str) -> bool:
+    if not is_uri(location):
+        return os.path.exists(location)
     import pyarrow.fs
 
     fs, path = _fs(location)
@@ -66,12 +71,18 @@ def read_text(location: str) -> str | None:
     """The file's text, or None when it does not exist."""
     if not exists(location):
         return None
+    if not is_uri(location):
+        return Path(location).read_text()
     fs, path = _fs(location)
     with fs.open_input_stream(path) as f:
         return f.read().decode()
 
 
 def write_text(location: str, text: str) -> None:
+    if not is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_text(text)
+        return
     fs, path = _fs(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
@@ -79,6 +90,9 @@ def write_text(location: str, text: str) -> None:
 
 
 def makedirs(location: str) -> None:
+    if not is_uri(location):
+        os.makedirs(location, exist_ok=True)
+        return
     fs, path = _fs(location)
     fs.create_dir(path, recursive=True)
 
