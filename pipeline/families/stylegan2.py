@@ -76,12 +76,14 @@ class StyleGAN2(DirectGAN):
         """G on fresh z; style mixing with probability model.mixing_prob: layers from a random
         cutoff in [1, num_ws) take a second z's w (one cutoff per batch, as stylegan2-ada)."""
         z = torch.randn(n, self.model.z_dim, device=device)
-        z2 = cutoff = None
+        if self.model.mixing_prob == 0:
+            return G(z, y, **kw)
+        # Every batch passes z2 and a tensor cutoff (num_ws: no layer takes z2's w), so a compiled
+        # G has one graph whether a batch mixes or not, and whatever its cutoff; no host sync.
         num_ws = self.model.num_ws
-        if self.model.mixing_prob > 0 and torch.rand(()) < self.model.mixing_prob:
-            # A tensor cutoff: one compiled graph for every cutoff, and no host sync.
-            z2, cutoff = torch.randn_like(z), torch.randint(1, num_ws, ()).to(device)
-        return G(z, y, z2=z2, cutoff=cutoff, **kw)
+        mix = bool(torch.rand(()) < self.model.mixing_prob)
+        cutoff = torch.randint(1, num_ws, ()) if mix else torch.tensor(num_ws)
+        return G(z, y, z2=torch.randn_like(z), cutoff=cutoff.to(device), **kw)
 
     def _d(self, D, x, y):
         return D(self.augment(x), y).float()
