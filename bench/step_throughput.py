@@ -227,13 +227,14 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--compile", help="comma-separated: off,default,max-autotune-no-cudagraphs "
                                       "(default: off,default on CUDA; off on CPU, where compiling costs minutes)")
     ap.add_argument("--steps", type=int, help="timed steps, rounded to whole phase periods (default 32; tiny 4)")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--warmup", type=int, help="untimed steps before timing, at least one period (default 3; tiny 1)")
     ap.add_argument("--profile", action="store_true", help="where the first arm's last mode spends its time")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args(argv)
     a.device = torch.device(a.device)
     a.arms = a.arms or (TINY_ARMS if a.tiny else GPU_ARMS)
     a.steps = a.steps or (4 if a.tiny else 32)
+    a.warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 3)
     a.modes = [None if m == "off" else m for m in
                (a.compile or ("off,default" if a.device.type == "cuda" else "off")).split(",")]
     return a
