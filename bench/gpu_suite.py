@@ -57,13 +57,6 @@ def loader_rate(resolution: int, workers: int, batch: int, samples: int, seconds
     return {"resolution": resolution, "workers": workers, "batch": batch, "img_s": n / dt}
 
 
-def quality(preset: str, minutes: float, marks: list[float], n: int, device: str, work: Path,
-            out: Path, overrides: list[str]) -> list[dict]:
-    import quality as Q
-
-    return Q.run(preset, overrides, marks, n, device, work, out)
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="CPU, 32 px arms, seconds per part")
@@ -97,31 +90,14 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
-        # 1. The step. Each arm needs about a minute compiled on the GPU (mostly compiling).
+        # 1. The step. A compiled arm takes about a minute on the GPU, mostly compiling.
         print("\n[1/3] the engine's step", flush=True)
-        res["matmul_peak_tflop_s"] = ST.matmul_peak(device)
-        print(f"  matmul peak: {res['matmul_peak_tflop_s']:.3g} TFLOP/s", flush=True)
-        rows, skipped, flops = [], [], {}
         reserve = q_min + 1.0 if not a.tiny else 0.0       # the quality run and the loader
-        # The first arm in every mode first (the target), then the others eager, then
-        # the others compiled: when time runs short, the compiled extras are what is left out.
-        first, rest = sa.arms[:1], sa.arms[1:]
-        jobs = ([(arm, m) for arm in first for m in sa.modes] + [(arm, sa.modes[0]) for arm in rest]
-                + [(arm, m) for m in sa.modes[1:] for arm in rest])
-        for arm, mode in jobs:
-            need = (1.5 if mode else 0.5) if cuda else 0.0
-            if left_min() - reserve < need or (arm not in flops and mode != sa.modes[0]):
-                skipped.append(f"{arm} compile {mode or 'off'}: {left_min():.1f} min left")
-                print(f"  skipped {skipped[-1]}", flush=True)
-                continue
-            r = ST.measure(arm, mode, device, sa.steps, sa.warmup, flops.get(arm),
-                           profile=arm == sa.arms[0] and mode == sa.modes[-1])
-            flops[arm] = r["gflop_per_img"] * 1e9
-            r["of_peak"] = r["tflop_s"] / res["matmul_peak_tflop_s"]
-            rows.append(r)
-            print(f"  {r['what']:<34} compile {r['compile']:<8} {r['img_s']:>9.1f} img/s  "
-                  f"{r['tflop_s']:.3g} TFLOP/s  warm-up {r['warmup_s']:.0f} s", flush=True)
-        res["step"] = {"matmul_peak_tflop_s": res["matmul_peak_tflop_s"], "rows": rows, "skipped": skipped}
+        res["step"] = ST.run(sa.arms, sa.modes, device, sa.steps, sa.warmup, profile=True,
+                             minutes_left=lambda: left_min() - reserve,
+                             log=lambda m: print(m, flush=True))
+        res["matmul_peak_tflop_s"] = res["step"]["matmul_peak_tflop_s"]
+        rows = res["step"]["rows"]
         if cuda:
             torch.cuda.empty_cache()
 
@@ -139,8 +115,8 @@ def main(argv=None) -> dict:
 
         # 3. Coverage in fixed minutes.
         print(f"\n[3/3] {a.quality_preset}: coverage at {marks} minutes", flush=True)
-        res["quality"] = quality(a.quality_preset, q_min, marks, 500 if a.tiny else 10000, a.device,
-                                 work, out, q_set)
+        import quality as Q
+        res["quality"] = Q.run(a.quality_preset, q_set, marks, 500 if a.tiny else 10000, a.device, work, out)
     res["wall_min"] = (time.monotonic() - t_start) / 60
     # What this run imported beyond torch and the standard library: what a bare GPU machine needs.
     # (Names starting with "_" are interpreter-internal, e.g. Cython's shared _cython_3_x module.)

@@ -184,21 +184,32 @@ def top_ops(a: Arm, device: torch.device, k: int = 12) -> list[dict]:
 
 
 def run(arms: list[str], modes: list[str | None], device: torch.device, steps: int, warmup: int,
-        profile: bool = False, log=print) -> dict:
+        profile: bool = False, minutes_left=None, log=print) -> dict:
+    """Every arm in every mode: the first arm in all modes first, then the others eager, then the
+    others in the other modes, so that when `minutes_left()` runs short (about 1.5 min per
+    compiled arm and 0.5 per eager one on a GPU) the compiled extras are what is left out."""
     peak = matmul_peak(device)
-    log(f"matmul peak ({'bf16 8192^3' if device.type == 'cuda' else 'fp32 1024^3'}): {peak:.3g} TFLOP/s")
-    rows = []
-    for arm in arms:
-        flops = None
-        for mode in modes:
-            r = measure(arm, mode, device, steps, warmup, flops, profile and arm == arms[0] and mode == modes[-1])
-            flops = r["gflop_per_img"] * 1e9
-            r["of_peak"] = r["tflop_s"] / peak
-            rows.append(r)
-            log(f"  {r['what']:<34} compile {r['compile']:<8} {r['img_s']:>9.1f} img/s "
-                f"{r['tflop_s']:>8.3g} TFLOP/s ({r['of_peak']:.0%} of peak)  warm-up {r['warmup_s']:.0f} s"
-                + (f"  peak {r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else ""))
-    return {"matmul_peak_tflop_s": peak, "rows": rows}
+    log(f"  matmul peak ({'bf16 8192^3' if device.type == 'cuda' else 'fp32 1024^3'}): {peak:.3g} TFLOP/s")
+    first, rest = arms[:1], arms[1:]
+    jobs = ([(a, m) for a in first for m in modes] + [(a, modes[0]) for a in rest]
+            + [(a, m) for m in modes[1:] for a in rest])
+    rows, skipped, flops = [], [], {}
+    for arm, mode in jobs:
+        need = (1.5 if mode else 0.5) if device.type == "cuda" else 0.0
+        left = minutes_left() if minutes_left else float("inf")
+        if left < need or (arm not in flops and mode != modes[0]):   # FLOPs come from the first mode
+            skipped.append(f"{arm} compile {mode or 'off'}: {left:.1f} min left")
+            log(f"  skipped {skipped[-1]}")
+            continue
+        r = measure(arm, mode, device, steps, warmup, flops.get(arm),
+                    profile and arm == arms[0] and mode == modes[-1])
+        flops[arm] = r["gflop_per_img"] * 1e9
+        r["of_peak"] = r["tflop_s"] / peak
+        rows.append(r)
+        log(f"  {r['what']:<34} compile {r['compile']:<8} {r['img_s']:>9.1f} img/s "
+            f"{r['tflop_s']:>8.3g} TFLOP/s ({r['of_peak']:.0%} of peak)  warm-up {r['warmup_s']:.0f} s"
+            + (f"  peak {r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else ""))
+    return {"matmul_peak_tflop_s": peak, "rows": rows, "skipped": skipped}
 
 
 def table(res: dict) -> str:
