@@ -124,9 +124,18 @@ def main(argv=None) -> dict:
                             if not m.startswith("_"))
     print("\n" + summary(res))
     with open(out / "gpu_suite.json", "w") as f:
-        json.dump(res, f, indent=1)
+        json.dump(_plain(res), f, indent=1, allow_nan=False)
     print(f"wrote {out / 'gpu_suite.json'}")
     return res
+
+
+def _plain(x):
+    """Strict JSON: NaN (an unconditional G's class accuracy) becomes null."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    return None if isinstance(x, float) and x != x else x
 
 
 def summary(res: dict) -> str:

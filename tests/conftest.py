@@ -22,7 +22,8 @@ LONGEST_FIRST = ["test_tune.py",            # ~290: the Train-trial resume study
                  "test_submit_head.py",     # ~130: its own head and a submitted job
                  "test_registry_server.py",  # ~115: ganforge train on a pty, then the registry flow
                  "test_progan_train.py",    # ~100: a run with a restart, then a rerun
-                 "test_gpu_suite.py"]       # ~60: bench/gpu_suite.sh --tiny in a subprocess
+                 "test_compile.py",         # ~80 cold (inductor compiles in C++), ~15 warm
+                 "test_gpu_suite.py"]       # ~45: bench/gpu_suite.sh --tiny in a subprocess
 
 
 def pytest_collection_modifyitems(config, items):
