@@ -148,7 +148,7 @@ class TrainConfig:
     # first step pays tens of seconds of C++ compilation). Penalties that differentiate twice
     # (R1, WGAN-GP, path length) call the eager network: compiled graphs have no double
     # backward. A growth stage change recompiles.
-    compile: bool | Literal["auto", "default", "max-autotune-no-cudagraphs"] = "auto"
+    compile: Literal["auto", False, True, "default", "max-autotune-no-cudagraphs"] = "auto"
     # Fault-injection for testing recovery: rank 1 (or 0 with one worker) raises once at this step.
     inject_failure_at: int | None = None
 
