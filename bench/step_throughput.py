@@ -17,11 +17,14 @@ optimizers). Imports torch and the engine (pydantic and yaml for the config): no
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,6 +36,7 @@ from torch.utils.flop_counter import flop_registry  # noqa: E402
 from pipeline import config as C                   # noqa: E402
 from pipeline.data.fields import Image, Label      # noqa: E402
 from pipeline.engine import loop                   # noqa: E402
+from pipeline.engine.context import LocalContext   # noqa: E402
 from pipeline.families.spec import Ctx             # noqa: E402
 
 GPU_ARMS = ["biggan128+optim.d_steps_per_g=1", "progan256", "stylegan2_256"]
@@ -42,12 +46,6 @@ TINY_ARMS = ["biggan32_cpu+train.batch_size=4+optim.d_steps_per_g=1", "progan32+
              "stylegan2_32+train.batch_size=4+model.pl_every=2+loss.r1_every=2+model.channel_max=16"]
 # Issue 18's reference figures, one H100, BigGAN 128 px ch=96 B=256 (BigGAN-PyTorch's code).
 REFERENCE = "BigGAN-128 reference (H100): fp32 259.6, bf16 351.5, bf16+compile 777 img/s; target 1100"
-
-
-class _Wrap:
-    """The local context's wrap (one process: no DDP)."""
-    def wrap(self, m):
-        return m
 
 
 def _sync(device: torch.device) -> None:
@@ -81,7 +79,7 @@ def _batch(fam, cfg, device, nhwc: bool) -> dict:
         elif isinstance(f, Label):
             out[k] = torch.randint(0, max(1, getattr(cfg.model, "num_classes", 0)), (n,), device=device)
         else:
-            raise SystemExit(f"{cfg.model.name}: field {k!r} ({type(f).__name__}) has no synthetic batch here")
+            raise SystemExit(f"{fam.name}: field {k!r} ({type(f).__name__}) has no synthetic batch here")
     return out
 
 
@@ -110,7 +108,11 @@ class Arm:
         self.fam, self.nets, self.emas, self.opts = loop.build(self.cfg, device, nhwc)
         self.fam.on_progress(10 ** 15, self.nets, self.emas, self.opts)   # a growing family's last stage
         self.phases = self.fam.phases()
-        self.wrapped = loop.wrap(_Wrap(), self.nets, mode)
+        # The local context wraps as `ganforge train --local` does (one process: no DDP).
+        run_dir = tempfile.mkdtemp(prefix="ganforge-step-")
+        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
+        ctx = LocalContext(self.cfg, run_dir, device, quiet=True)
+        self.wrapped = loop.wrap(ctx, self.nets, mode)
         self.batch = _batch(self.fam, self.cfg, device, nhwc)
         self.lctx = Ctx(step=0, device=device, autocast=loop.autocast(self.cfg, device))
         self.period = math.lcm(*(p.every for p in self.phases))
