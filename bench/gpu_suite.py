@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
-        # 1. The step. A compiled arm takes about a minute on the GPU, mostly compiling.
+        # 1. The step. A compiled arm takes minutes on the GPU, mostly compiling.
         print("\n[1/3] the engine's step", flush=True)
         reserve = q_min + 1.0 if not a.tiny else 0.0       # the quality run and the loader
         res["step"] = ST.run(sa.arms, sa.modes, device, sa.steps, sa.warmup, profile=True,
@@ -113,6 +113,7 @@ def main(argv=None) -> dict:
         print(f"  {d['resolution']} px JPEG, {d['workers']} loader workers: {d['img_s']:.0f} img/s"
               + (f", {d['ratio']:.2f}x the model's {r128:.0f} img/s" if r128 else ""), flush=True)
 
+        save(res, out)       # so far: a failure further on loses nothing measured before it
         # 3. Coverage in fixed minutes.
         print(f"\n[3/3] {a.quality_preset}: coverage at {marks} minutes", flush=True)
         import quality as Q
@@ -123,10 +124,14 @@ def main(argv=None) -> dict:
     res["imports"] = sorted(m for m in {m.split(".")[0] for m in sys.modules} - _BASE - set(sys.stdlib_module_names)
                             if not m.startswith("_"))
     print("\n" + summary(res))
-    with open(out / "gpu_suite.json", "w") as f:
-        json.dump(_plain(res), f, indent=1, allow_nan=False)
+    save(res, out)
     print(f"wrote {out / 'gpu_suite.json'}")
     return res
+
+
+def save(res: dict, out: Path) -> None:
+    with open(out / "gpu_suite.json", "w") as f:
+        json.dump(_plain(res), f, indent=1, allow_nan=False)
 
 
 def _plain(x):

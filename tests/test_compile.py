@@ -76,3 +76,27 @@ def test_style_mixing_takes_a_tensor_cutoff():
         want = torch.cat([w[:, None].expand(-1, cut, -1), w2[:, None].expand(-1, G.num_ws - cut, -1)], 1)
         torch.testing.assert_close(G.ws(z, z2=z2, cutoff=torch.tensor(cut)), want)
         torch.testing.assert_close(G.ws(z, z2=z2, cutoff=cut), want)
+
+
+@pytest.mark.parametrize("setting", ["auto", "default"])
+def test_a_compiler_failure_falls_back_under_auto_and_names_the_way_out_otherwise(
+        setting, tiny_shards16, tmp_path, one_torch_thread, monkeypatch):
+    """A real inductor failure (PyTorch's own test hook makes the C++ of every relu kernel fail to
+    compile): under auto the run notes it and trains on eagerly to its last step; under an explicit
+    mode it stops with an error naming train.compile=off. auto compiles only on a GPU, so the test
+    lets it compile here."""
+    import torch._inductor.config as ic
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(loop, "compile_mode", lambda cfg, device: "default")
+    cfg = _cfg(setting)
+    with ic.patch({"cpp.inject_relu_bug_TESTING_ONLY": "compile_error", "fx_graph_cache": False}):
+        if setting == "default":
+            with pytest.raises(RuntimeError, match=r"torch\.compile \(default\) failed at step 1: .*"
+                                                   r"train\.compile=off trains eagerly"):
+                train_local(cfg, tiny_shards16, tmp_path, quiet=True)
+            return
+        _, ctx = train_local(cfg, tiny_shards16, tmp_path, quiet=True)
+    assert [r["step"] for r in ctx.reports] == [1, 2, 3, 4]
+    assert all(r["loss_d"] == r["loss_d"] for r in ctx.reports)      # finite, not NaN
+    assert any("torch.compile failed at step 1" in n and "training on eagerly" in n for n in ctx.notes)

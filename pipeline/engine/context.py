@@ -66,6 +66,7 @@ class LocalContext:
         self.resume_from, self.quiet = resume_from, quiet
         self.tracker = LocalTracker(Path(self.run_dir), quiet)
         self.reports: list[dict] = []
+        self.notes: list[str] = []          # what note() said, quiet or not
 
     @contextlib.contextmanager
     def restore(self):
@@ -86,6 +87,7 @@ class LocalContext:
         return [obj]
 
     def note(self, text: str) -> None:
+        self.notes.append(text)
         if not self.quiet:
             print(f"[ganforge] {text}", flush=True)
 

@@ -13,6 +13,7 @@ import copy
 import logging
 import tempfile
 import time
+import traceback
 
 import torch
 
@@ -61,6 +62,17 @@ def wrap(ctx, nets: dict, mode: str | None) -> dict:
         return out
     return {k: torch.compile(m, mode=mode, dynamic=False) if any(p.requires_grad for p in m.parameters())
             else m for k, m in out.items()}
+
+
+def compiler_failure(e: BaseException) -> bool:
+    """Whether `e` came out of torch.compile (Dynamo, inductor or the code inductor generated)
+    rather than out of the model: such errors are PyTorch's bugs, and eager mode avoids them."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    if isinstance(e, TorchDynamoException):
+        return True
+    return any("/torch/_inductor/" in f.filename or "torchinductor_" in f.filename
+               for f in traceback.extract_tb(e.__traceback__))
 
 
 def _maybe_fail(cfg: C.Config, step: int, rank: int, world: int, marker_dir: str) -> None:
@@ -265,7 +277,29 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
             decay = lambda drawn: ema.decay_at(  # noqa: E731
                 o.ema_decay, o.ema_start, o.ema_rampup, step, images_seen + drawn * world,
                 cfg.train.batch_size * world)
-            drawn, batch = train_step(fam, phases, wrapped, opts, emas, nets, stream.next, lctx, stats, decay)
+            try:
+                drawn, batch = train_step(fam, phases, wrapped, opts, emas, nets, stream.next, lctx, stats, decay)
+            except Exception as e:
+                if mode is None or not compiler_failure(e):
+                    raise
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                if cfg.train.compile != "auto":
+                    raise RuntimeError(f"torch.compile ({mode}) failed at step {step}: {first}. This is "
+                                       "PyTorch's compiler, not the model: train.compile=off trains "
+                                       "eagerly") from e
+                # auto promises speed where compile works, never a crash where eager works. Seen on
+                # an H200 (torch 2.11, pacgan32, NHWC): inductor's convolution_backward expected
+                # channels_last strides for a weight gradient that cuDNN returned contiguous
+                # (pytorch#171622), an AssertionError at the first G step.
+                log.warning("rank %d: torch.compile failed at step %d (%s); training on eagerly", rank, step, first)
+                if rank == 0:
+                    ctx.note(f"torch.compile failed at step {step} ({first}); training on eagerly "
+                             "(train.compile=off skips compiling)")
+                torch._dynamo.reset()
+                mode = None
+                wrapped = wrap(ctx, nets, None)
+                # The step again, eagerly: a phase that stepped before the failure steps twice.
+                drawn, batch = train_step(fam, phases, wrapped, opts, emas, nets, stream.next, lctx, stats, decay)
             images_seen += drawn * world          # the same batch on every rank
             _maybe_fail(cfg, step, rank, world, ctx.run_dir)
 
