@@ -205,4 +205,57 @@ def translate(source, inp, out, to, batch_size, device) -> int:
     return 0
 
 
-COMMANDS = [register, promote, models, pull, sample, translate]
+@click.command(short_help="map images to latents and back with a BiGAN/ALI or VAE-GAN model")
+@click.argument("source")
+@click.option("--input", "inp", required=True, metavar="IMG_OR_DIR",
+              help="an image file, or a folder of images (searched recursively); each is fitted to "
+                   "the model's resolution as training data was")
+@click.option("--out", required=True, metavar="DIR",
+              help="folder for latents.npz (names, z), one reconstruction PNG per input (same "
+                   "relative path) and grid.png (input | reconstruction)")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="cpu", help="torch device, e.g. cuda")
+def encode(source, inp, out, batch_size, device) -> int:
+    """Encode images with a generator's encoder E, and reconstruct them as G(E(x)).
+
+    SOURCE is models:/NAME@ALIAS (or /VERSION), runs:/..., a folder from `ganforge pull` or a
+    training checkpoint folder, of a family with an encoder (bigan, vaegan). The latents are E's
+    output (its mean for ALI and VAE-GAN); `numpy.load(DIR/latents.npz)["z"]` reads them.
+    Unreadable input files are skipped and named on stderr.
+    """
+    _cli_env()
+    import sys
+
+    import numpy as np
+    import torch
+    import torchvision.io as tio
+
+    from pipeline.data.datasets import folder
+    from pipeline.families import sampling
+    from pipeline.tracking import registry
+
+    G = registry.load_generator(source, device=device)
+    if not G.encodes:
+        raise ValueError(f"{source}: a {G.family.name} generator has no encoder; encode needs a "
+                         f"bigan (BiGAN/ALI) or vaegan model")
+    names, images, bad = folder.read_images(inp, G.resolution())
+    for name, why in bad:
+        print(f"ganforge encode: skipped {name}: {why}", file=sys.stderr)
+    z, rec = G.reconstruct(images, batch=batch_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "latents.npz", names=np.array(names), z=z.numpy())
+    for name, img in zip(names, rec):
+        p = (out / name).with_suffix(".png")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tio.write_png(img.contiguous(), str(p))
+    k = min(len(images), 32)
+    sampling.write_grid(torch.stack([images[:k], rec[:k]], 1).flatten(0, 1), out / "grid.png",
+                        nrow=2 * max(1, int(k ** 0.5)))
+    skipped = f"; skipped {len(bad)} unreadable" if bad else ""
+    print(f"encoded {len(names)} images into {out / 'latents.npz'} (z: {tuple(z.shape)}) and "
+          f"reconstructions{skipped}")
+    return 0
+
+
+COMMANDS = [register, promote, models, pull, sample, translate, encode]

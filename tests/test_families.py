@@ -36,6 +36,8 @@ SMALL = {
     "pix2pix": {"d_layers": 2},
     "cyclegan": {"d_layers": 2, "domains": ["outline", "filled"], "pool_size": 6},
     "stargan": {"d_layers": 2},
+    "bigan": {"e_channels": 8, "joint_hidden": 16, "stochastic": True, "recon_weight": 0.5},
+    "vaegan": {"e_channels": 8, "pixel_weight": 0.5},
 }
 # Translators train on their own built-in layout (pairs, or cls = domain), 16 px.
 BUILTIN = {"pix2pix": "shapepairs", "cyclegan": "shapeunpaired", "stargan": "shapestyles"}
@@ -222,6 +224,8 @@ def test_every_family_trains_resumes_registers_and_samples_identically(two_worke
         got = model.predict(row)
         assert np.array_equal(got, want.permute(0, 2, 3, 1).numpy()), name
         assert want.float().std() > 0                   # not a blank image
+        if gen.encodes:
+            _check_encoder(name, gen, mv, ckpt, tmp_path)
 
 
 def _check_translator(name, gen, mv, ckpt, model, tmp_path):
@@ -258,6 +262,39 @@ def _check_translator(name, gen, mv, ckpt, model, tmp_path):
     for i in range(4):
         png = np.asarray(Image.open(out / f"{i}.png"))
         assert np.array_equal(png, want[i].permute(1, 2, 0).numpy()), (name, i)
+
+
+def _check_encoder(name, gen, mv, ckpt, tmp_path):
+    """The same images give the same latents and reconstructions from the pulled folder, the
+    registry URI, the checkpoint and `ganforge encode` (PNG files in; latents.npz and PNGs out),
+    and the reconstruction is G's image of those latents."""
+    from PIL import Image
+
+    from pipeline.data.datasets import shapestack
+    from pipeline.families import generator as GM
+    from pipeline.tracking import registry
+
+    src, _ = shapestack.generate(4, 16, 9)
+    x = torch.from_numpy(src).permute(0, 3, 1, 2).contiguous()
+    z, rec = gen.reconstruct(x)
+    assert z.shape == (4, gen.specs["z"].dim) and rec.shape == (4, 3, 16, 16), name
+    assert torch.equal(gen.sample_latents(z), rec), name
+    for other in (registry.load_generator(_uri_of(mv)), GM.from_checkpoint(ckpt)):
+        z2, rec2 = other.reconstruct(x)
+        assert torch.equal(z2, z) and torch.equal(rec2, rec), name
+    inp, out = tmp_path / f"in-{name}", tmp_path / f"out-{name}"
+    inp.mkdir()
+    for i, img in enumerate(src):
+        Image.fromarray(img).save(inp / f"{i}.png")
+    (inp / "broken.png").write_bytes(b"not a png")     # named on stderr and skipped
+    from jobs import cli
+
+    assert cli.main(["encode", _uri_of(mv), "--input", str(inp), "--out", str(out)]) == 0, name
+    saved = np.load(out / "latents.npz")
+    assert list(saved["names"]) == [f"{i}.png" for i in range(4)], name
+    assert np.array_equal(saved["z"], z.numpy()), name
+    for i in range(4):
+        assert np.array_equal(np.asarray(Image.open(out / f"{i}.png")), rec[i].permute(1, 2, 0).numpy()), (name, i)
 
 
 def _score_in_process(prepared):

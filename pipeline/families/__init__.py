@@ -21,6 +21,7 @@ _MODULES = (
     "pipeline.families.pix2pix",
     "pipeline.families.cyclegan",
     "pipeline.families.stargan",
+    "pipeline.families.encoders",
 )
 
 

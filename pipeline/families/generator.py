@@ -114,15 +114,37 @@ class Generator:
         not at it) -> uint8 N x 3 x R x R on the CPU; the same images and arguments, the same bytes."""
         if not self.translates:
             raise ValueError("this generator makes images from noise; use sample(), not translate()")
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images: expected uint8 [n, 3, H, W], got {images.dtype} {tuple(images.shape)}")
         r = next(s.resolution for s in self.specs.values() if isinstance(s, SourceImage))
-        x = images.float() / 127.5 - 1
-        if x.shape[-2:] != (r, r):
-            x = torch.nn.functional.interpolate(x, size=(r, r), mode="bilinear", antialias=True,
-                                                align_corners=False).clamp(-1, 1)
+        x = _fitted(images, r)
         given = sampling.inputs(self.specs, 0, len(x), seed=seed, fixed=fixed, images=x)
         return sampling.to_uint8(sampling.images(self.family, self.nets, 0, len(x), given=given)).cpu()
+
+    @property
+    def encodes(self) -> bool:
+        """A generator with an encoder (BiGAN/ALI, VAE-GAN): images map to latents and back."""
+        return "E" in self.nets and hasattr(self.family, "encode")
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """uint8 N x 3 x H x W images (resized to the model's resolution if they are not at it)
+        -> float32 latents [N, z_dim] on the CPU: E's output (its mean, for a stochastic E)."""
+        if not self.encodes:
+            raise ValueError(f"a {self.family.name} generator has no encoder; encode needs BiGAN/ALI or VAE-GAN")
+        x = _fitted(images, self.resolution())
+        E = self.nets["E"]
+        dev = next(E.parameters()).device
+        return torch.cat([self.family.encode(self.nets, x[i:i + batch].to(dev)).float().cpu()
+                          for i in range(0, len(x), batch)])
+
+    def reconstruct(self, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents as encode() gives them, G's images of them: uint8 N x 3 x R x R on the CPU).
+        The same images give the same bytes."""
+        z = self.encode(images, batch)
+        return z, self.sample_latents(z)
+
+    def sample_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """G's images of given latents z [N, z_dim] -> uint8 N x 3 x R x R on the CPU."""
+        return sampling.to_uint8(sampling.images(self.family, self.nets, 0, len(z), given={"z": z.float()})).cpu()
 
     def resolution(self) -> int:
         return int(sampling.images(self.family, self.nets, 0, 2, given=sampling.probe(self.specs)).shape[-1])
@@ -134,6 +156,17 @@ class Generator:
     def load_flat(self, flat: dict[str, torch.Tensor]) -> None:
         for n, m in self.nets.items():
             m.load_state_dict({k[len(n) + 1:]: v for k, v in flat.items() if k.startswith(n + ".")})
+
+
+def _fitted(images: torch.Tensor, r: int) -> torch.Tensor:
+    """uint8 [n, 3, H, W] -> float [-1, 1] at r x r (bilinear with antialias, as training data is fitted)."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images: expected uint8 [n, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    x = images.float() / 127.5 - 1
+    if x.shape[-2:] != (r, r):
+        x = torch.nn.functional.interpolate(x, size=(r, r), mode="bilinear", antialias=True,
+                                            align_corners=False).clamp(-1, 1)
+    return x
 
 
 class _ModuleFamily(Family):
