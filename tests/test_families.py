@@ -38,6 +38,7 @@ SMALL = {
     "stargan": {"d_layers": 2},
     "bigan": {"e_channels": 8, "joint_hidden": 16, "stochastic": True, "recon_weight": 0.5},
     "vaegan": {"e_channels": 8, "pixel_weight": 0.5},
+    "lapgan": {"base": 4, "noise_channels": 2},
 }
 # Translators train on their own built-in layout (pairs, or cls = domain), 16 px.
 BUILTIN = {"pix2pix": "shapepairs", "cyclegan": "shapeunpaired", "stargan": "shapestyles"}

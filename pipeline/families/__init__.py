@@ -22,6 +22,7 @@ _MODULES = (
     "pipeline.families.cyclegan",
     "pipeline.families.stargan",
     "pipeline.families.encoders",
+    "pipeline.families.lapgan",
 )
 
 

@@ -29,7 +29,7 @@ from models.encoders import Encoder, FeatureDiscriminator, JointDiscriminator
 from pipeline.data.fields import Image
 from pipeline.engine import losses
 from pipeline.families import register
-from pipeline.families.spec import Family, Latent, Phase
+from pipeline.families.spec import Family, Latent, Phase, unused_terms
 
 
 def _check_unconditional(cfg) -> None:
@@ -97,16 +97,9 @@ class EncoderGAN(Family):
         return [Phase("D", "D", repeat=self.cfg.optim.d_steps_per_g), Phase("EG", "EG", new_batch=False)]
 
     def config_problems(self):
-        L = self.cfg.loss
-        aug = getattr(self.cfg, "aug", None)
-        if self.name == "vaegan" and aug is not None and aug.kind != "none":
-            # Reals and reconstructions would be augmented independently, and their D features
-            # compared: the reconstruction loss would measure the augmentation.
-            return [("aug.kind", f"{aug.kind}: VAE-GAN compares D's features of x and G(E(x)); use none")]
-        for k in ("gp_weight", "r1_gamma", "mode_seeking_weight", "ortho_weight", "drift_weight"):
-            if getattr(L, k) > 0:
-                return [(f"loss.{k}", f"{getattr(L, k)}: not used by the {self.name} family; use 0")]
-        return []
+        # VAE-GAN would augment reals and reconstructions independently, then compare their D
+        # features: the reconstruction loss would measure the augmentation.
+        return unused_terms(self, aug=self.name == "vaegan")
 
     def loss(self, phase, nets, batch, ctx):
         return getattr(self, f"_loss_{phase.name}")(nets, batch, ctx)

@@ -262,6 +262,20 @@ class Family:
         return {"inputs": {k: _plain(v) for k, v in self.inputs().items()}}
 
 
+def unused_terms(family: Family, aug: bool = True) -> list[tuple[str, str]]:
+    """config_problems for a family whose losses are its own: DirectGAN's penalty and
+    regularizer weights (loss.*) would be silently ignored, so a non-zero one is refused; with
+    `aug`, so is an augmentation the family cannot apply consistently."""
+    L = family.cfg.loss
+    for k in ("gp_weight", "r1_gamma", "mode_seeking_weight", "ortho_weight", "drift_weight"):
+        if getattr(L, k) > 0:
+            return [(f"loss.{k}", f"{getattr(L, k)}: not used by the {family.name} family; use 0")]
+    a = getattr(family.cfg, "aug", None)
+    if aug and a is not None and a.kind != "none":
+        return [("aug.kind", f"{a.kind}: not supported by the {family.name} family; use none")]
+    return []
+
+
 def _plain(inp: Input) -> dict:
     d = {"kind": type(inp).__name__}
     d.update({k: getattr(inp, k) for k in inp.__dataclass_fields__})
