@@ -205,7 +205,7 @@ def translate(source, inp, out, to, batch_size, device) -> int:
     return 0
 
 
-@click.command(short_help="map images to latents and back with a BiGAN/ALI or VAE-GAN model")
+@click.command(short_help="images to latents and back (BiGAN/ALI, VAE-GAN models)")
 @click.argument("source")
 @click.option("--input", "inp", required=True, metavar="IMG_OR_DIR",
               help="an image file, or a folder of images (searched recursively); each is fitted to "

@@ -22,7 +22,7 @@ from pipeline.engine.checkpoint import CheckpointError
 from pipeline.families.generator import GeneratorError
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["train", "quickstart", "shards", "register", "promote", "models", "pull", "sample", "translate",
+COMMANDS = ["train", "quickstart", "shards", "register", "promote", "models", "pull", "sample", "translate", "encode",
             "fit-extractor", "evaluate", "tune", "submit", "jobs"]
 
 
