@@ -24,10 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quality_translation import _Budget, _Clocked   # the clocked local context (bench/)
+import quality_translation as QT   # its clocked training run, with this file's scores (bench/)
 
-from pipeline import config as C
-from pipeline.data import resolve_shards
 from pipeline.data.datasets import shapestack
 from pipeline.evaluation import reconstruction as R
 from pipeline.evaluation.metrics.coverage import mode_coverage
@@ -43,30 +41,6 @@ def score(gen, n: int, grid: Path | None = None) -> dict:
     if grid is not None:
         sampling.write_grid(torch.stack([x[:16], rec[:16]], 1).flatten(0, 1), grid, nrow=8)
     return {**out, "modes": cov["modes"], "kl": cov["kl"]}
-
-
-def run(preset, overrides, marks, n, device, work, out: Path) -> list[dict]:
-    from jobs.train import builtin_shards
-    from pipeline.engine import loop
-
-    cfg = C.load(preset, [*overrides, "train.steps=100000000", "train.checkpoint_every=50",
-                          "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1",
-                          "scaling.num_workers=1", "data.loader_workers=0"])
-    urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
-    rows = []
-
-    def on_score(minutes, step, gen):
-        s = score(gen, n, out / f"{preset}_{minutes:.0f}min.png")
-        rows.append({"preset": preset, "minutes": round(minutes, 2), "step": step, **s})
-        print(f"  {preset:<10} {minutes:>6.2f} min  step {step:>6}  " +
-              "  ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
-
-    ctx = _Clocked(cfg, work / preset, device, None, True, marks=marks, on_score=on_score)
-    try:
-        loop.run(cfg, ctx, {"urls": urls, "counts": None})
-    except _Budget:
-        pass
-    return rows
 
 
 def main() -> None:
@@ -91,7 +65,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as td:
         for p in a.presets:
-            rows += run(p, a.set, marks, a.n, a.device, Path(td), out)
+            rows += QT.run(p, a.set, marks, a.n, a.device, Path(td), None, out, score_fn=score)
     keys = [k for k in rows[0] if k not in ("preset", "minutes", "step")]
     print(f"\n{'preset':<10}{'minutes':>8}{'step':>7}" + "".join(f"{k[6:] if k.startswith('recon_') else k:>14}" for k in keys))
     for r in rows:

@@ -83,7 +83,10 @@ def score(gen, n: int, extractor, grid: Path | None = None) -> dict:
     return {**out, "fid": fid}
 
 
-def run(preset, overrides, marks, n, device, work, extractor, out: Path) -> list[dict]:
+def run(preset, overrides, marks, n, device, work, extractor, out: Path, score_fn=None) -> list[dict]:
+    """Train `preset` for the marks' minutes; -> a row per mark. score_fn(gen, n, grid_path) ->
+    {name: value} (default: this file's translation scores); bench/quality_encoders.py passes its own."""
+    score_fn = score_fn or (lambda gen, n_, grid: score(gen, n_, extractor, grid))
     from jobs.train import builtin_shards
     from pipeline.engine import loop
 
@@ -94,7 +97,7 @@ def run(preset, overrides, marks, n, device, work, extractor, out: Path) -> list
     rows = []
 
     def on_score(minutes, step, gen):
-        s = score(gen, n, extractor, out / f"{preset}_{minutes:.0f}min.png")
+        s = score_fn(gen, n, out / f"{preset}_{minutes:.0f}min.png")
         rows.append({"preset": preset, "minutes": round(minutes, 2), "step": step, **s})
         print(f"  {preset:<12} {minutes:>6.2f} min  step {step:>6}  " +
               "  ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)

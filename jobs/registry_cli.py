@@ -171,10 +171,8 @@ def translate(source, inp, out, to, batch_size, device) -> int:
     import sys
 
     import torch
-    import torchvision.io as tio
 
     from pipeline.data.datasets import folder
-    from pipeline.families import sampling
     from pipeline.tracking import registry
 
     G = registry.load_generator(source, device=device)
@@ -193,13 +191,7 @@ def translate(source, inp, out, to, batch_size, device) -> int:
     outs = torch.cat([G.translate(images[i:i + batch_size], fixed=fixed)
                       for i in range(0, len(images), batch_size)])
     out = Path(out)
-    for name, img in zip(names, outs):
-        p = (out / name).with_suffix(".png")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tio.write_png(img.contiguous(), str(p))
-    k = min(len(images), 32)
-    sampling.write_grid(torch.stack([images[:k], outs[:k]], 1).flatten(0, 1), out / "grid.png",
-                        nrow=2 * max(1, int(k ** 0.5)))
+    _write_outputs(out, names, images, outs)
     skipped = f"; skipped {len(bad)} unreadable" if bad else ""
     print(f"translated {len(names)} images into {out}{skipped}")
     return 0
@@ -227,11 +219,8 @@ def encode(source, inp, out, batch_size, device) -> int:
     import sys
 
     import numpy as np
-    import torch
-    import torchvision.io as tio
 
     from pipeline.data.datasets import folder
-    from pipeline.families import sampling
     from pipeline.tracking import registry
 
     G = registry.load_generator(source, device=device)
@@ -245,17 +234,27 @@ def encode(source, inp, out, batch_size, device) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "latents.npz", names=np.array(names), z=z.numpy())
-    for name, img in zip(names, rec):
-        p = (out / name).with_suffix(".png")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tio.write_png(img.contiguous(), str(p))
-    k = min(len(images), 32)
-    sampling.write_grid(torch.stack([images[:k], rec[:k]], 1).flatten(0, 1), out / "grid.png",
-                        nrow=2 * max(1, int(k ** 0.5)))
+    _write_outputs(out, names, images, rec)
     skipped = f"; skipped {len(bad)} unreadable" if bad else ""
     print(f"encoded {len(names)} images into {out / 'latents.npz'} (z: {tuple(z.shape)}) and "
           f"reconstructions{skipped}")
     return 0
+
+
+def _write_outputs(out: Path, names: list[str], images, outs) -> None:
+    """One PNG per output at its input's relative path, and grid.png: input | output pairs."""
+    import torch
+    import torchvision.io as tio
+
+    from pipeline.families import sampling
+
+    for name, img in zip(names, outs):
+        p = (out / name).with_suffix(".png")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tio.write_png(img.contiguous(), str(p))
+    k = min(len(images), 32)
+    sampling.write_grid(torch.stack([images[:k], outs[:k]], 1).flatten(0, 1), out / "grid.png",
+                        nrow=2 * max(1, int(k ** 0.5)))
 
 
 COMMANDS = [register, promote, models, pull, sample, translate, encode]
