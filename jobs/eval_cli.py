@@ -111,8 +111,8 @@ def _real_data(data: str | None, cfg):
 @click.command(short_help="score a generator: checkpoint DIR, RUN_ID or models:/ URI")
 @click.argument("target")
 @click.option("--metrics", "metric_names", default="fid,kid,coverage",
-              help="comma-separated: fid, fid_per_class, kid, pr, is, coverage "
-                   "(an unknown name fails, listing the known)")
+              help="comma-separated: fid, fid_per_class, kid, pr, is, coverage, and reconstruction "
+                   "for BiGAN/ALI and VAE-GAN (an unknown name fails, listing the known)")
 @click.option("--n", type=int, default=10000, help="generated images")
 @click.option("--n-real", type=int, help="real images for the reference (default: all)")
 @click.option("--extractor", default="ganforge-small-shapestack",
@@ -135,9 +135,13 @@ def evaluate(target, metric_names, n, n_real, extractor, inception_weights, data
     from pipeline.evaluation.metrics.protocol import EvalConfig, Protocol
 
     names = [m.strip() for m in metric_names.split(",") if m.strip()]
-    unknown = [m for m in names if m not in metrics.list_metrics()]
+    # reconstruction runs images through E then G, not samples through the sample metrics' path
+    recon = "reconstruction" in names
+    names = [m for m in names if m != "reconstruction"]
+    known = metrics.list_metrics() + ["reconstruction"]
+    unknown = [m for m in names if m not in known]
     if unknown:   # fail before any work
-        raise click.BadParameter(f"unknown {', '.join(unknown)} (known: {', '.join(metrics.list_metrics())})",
+        raise click.BadParameter(f"unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})",
                                  param_hint="'--metrics'")
     device = device or ("cuda" if _cuda() else "cpu")
     ecfg = EvalConfig(metrics=tuple(names), n_fake=n, n_real=n_real, extractor=extractor,
@@ -145,6 +149,19 @@ def evaluate(target, metric_names, n, n_real, extractor, inception_weights, data
                       seed=seed, truncation=truncation, ema=not no_ema)
     G, cfg, run_id, step, version = load_generator(target, ema=ecfg.ema)
     G.to(device)
+    rec = {}
+    if recon:
+        from pipeline.evaluation import reconstruction
+
+        if not G.encodes:
+            raise ValueError(f"--metrics reconstruction: {target} is a {G.family.name} generator, "
+                             "without an encoder (bigan or vaegan have one)")
+        rec = reconstruction.builtin_oracle(G, n=min(n, 2000), seed=reconstruction.SEED + seed)
+    if not names:
+        for k, v in rec.items():
+            print(f"{k:<20}  {v:.6g}")
+        print(f"  (shapestack images, seed {reconstruction.SEED + seed}, n={min(n, 2000)})")
+        return 0
     needs = metrics.needs(names)
     feats = None
     if needs & {"features", "logits", "real_stats", "real_features"}:
@@ -162,7 +179,7 @@ def evaluate(target, metric_names, n, n_real, extractor, inception_weights, data
                                         limit=ecfg.n_real, keep=metrics.real_keep(names))
     results, _ = collect.evaluate(G, names, extractor=feats, ref=ref, cfg=ecfg, oracle=oracle)
     proto = Protocol.of(feats, ref, n_fake=ecfg.n_fake, truncation=ecfg.truncation, ema=ecfg.ema, seed=ecfg.seed)
-    keys = metrics.metric_keys(results, proto.extractor, proto.standard)
+    keys = {**metrics.metric_keys(results, proto.extractor, proto.standard), **rec}
     width = max(map(len, keys), default=0)
     for k, v in keys.items():
         print(f"{k:<{width}}  {v:.6g}")
@@ -179,6 +196,8 @@ def evaluate(target, metric_names, n, n_real, extractor, inception_weights, data
         from pipeline.tracking.runs import tracking_uri
         client = MlflowClient(tracking_uri())
         log_scores(client, run_id, results, proto, step=step, ref_path=ref.path if ref else None)
+        for k, v in rec.items():
+            client.log_metric(run_id, f"eval/{k}", v, step=step)
         print(f"logged to MLflow run {run_id}")
         if version is not None:   # registered versions carry their scores and protocol as tags
             for k, v in {**proto.tags(), **{k: f"{v:.6g}" for k, v in keys.items()}}.items():

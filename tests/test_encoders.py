@@ -93,7 +93,7 @@ def test_encode_refuses_a_model_without_an_encoder(tmp_path, capsys):
     ("vaegan", ["model.pixel_weight=10", "model.kl_weight=0.001", "model.spectral_norm=false",
                 "optim.betas=[0.5,0.999]"]),
 ])
-def test_short_cpu_runs_reconstruct_glyphs_above_chance(name, over, smoke_shards, tmp_path):
+def test_short_cpu_runs_reconstruct_glyphs_above_chance(name, over, smoke_shards, tmp_path, capsys):
     from pipeline.data import resolve_shards
     from pipeline.engine.context import checkpoints, train_local
     from pipeline.families import generator as GM
@@ -107,3 +107,9 @@ def test_short_cpu_runs_reconstruct_glyphs_above_chance(name, over, smoke_shards
     # Measured at 400 steps: ALI+ALICE 0.89 (chance 0.10), VAE-GAN 0.78; at these 200 steps 0.33 (chance 0.11) and 0.37 (0.10).
     assert s["recon_glyph_acc"] > s["recon_glyph_chance"] + 0.15, s
     assert np.isfinite(list(s.values())).all()
+    from jobs import cli       # the same score from `ganforge evaluate --metrics reconstruction`
+
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(checkpoints(tmp_path)[-1]), "--metrics", "reconstruction", "--n", "300"]) == 0
+    printed = dict(ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("recon_"))
+    assert float(printed["recon_glyph_acc"]) == pytest.approx(s["recon_glyph_acc"], abs=1e-5)
