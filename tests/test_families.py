@@ -39,6 +39,7 @@ SMALL = {
     "bigan": {"e_channels": 8, "joint_hidden": 16, "stochastic": True, "recon_weight": 0.5},
     "vaegan": {"e_channels": 8, "pixel_weight": 0.5},
     "lapgan": {"base": 4, "noise_channels": 2},
+    "stackgan": {"resolution": 32, "num_classes": 10, "embed_dim": 8, "c_dim": 4},
 }
 # Translators train on their own built-in layout (pairs, or cls = domain), 16 px.
 BUILTIN = {"pix2pix": "shapepairs", "cyclegan": "shapeunpaired", "stargan": "shapestyles"}

@@ -23,6 +23,7 @@ _MODULES = (
     "pipeline.families.stargan",
     "pipeline.families.encoders",
     "pipeline.families.lapgan",
+    "pipeline.families.stackgan",
 )
 
 
