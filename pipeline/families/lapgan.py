@@ -17,11 +17,11 @@ from models.lapgan import Discriminator, Generator, LAPGANConfig, pyramid, up
 from pipeline.data.fields import Image
 from pipeline.engine import losses
 from pipeline.families import register
-from pipeline.families.spec import Family, Latent, Phase, unused_terms
+from pipeline.families.spec import Latent, StagedFamily
 
 
 @register("lapgan", LAPGANConfig)
-class LAPGAN(Family):
+class LAPGAN(StagedFamily):
     @property
     def fields(self):
         return {"image": Image()}
@@ -33,19 +33,6 @@ class LAPGAN(Family):
 
     def build(self):
         return {"G": Generator(self.model), "D": Discriminator(self.model)}
-
-    def optimizer_groups(self):
-        o = self.cfg.optim
-        return {"G": (("G",), o.g_lr), "D": (("D",), o.d_lr)}
-
-    def phases(self):
-        return [Phase("D", "D", repeat=self.cfg.optim.d_steps_per_g), Phase("G", "G", new_batch=False)]
-
-    def config_problems(self):
-        if self.cfg.data.resolution != self.model.resolution:
-            return [("data.resolution", f"{self.cfg.data.resolution}: must equal model.resolution "
-                     f"({self.model.resolution}), the finest stage")]
-        return unused_terms(self)      # augmenting a stage's image and its coarse image alike: not built
 
     def _noises(self, x: dict) -> list[torch.Tensor]:
         m = self.model

@@ -276,6 +276,25 @@ def unused_terms(family: Family, aug: bool = True) -> list[tuple[str, str]]:
     return []
 
 
+class StagedFamily(Family):
+    """A coarse-to-fine family whose stages live in one G and one D module (LAPGAN, StackGAN):
+    one D phase and one G phase on the same batch, each the sum of the stages' losses."""
+
+    def optimizer_groups(self):
+        o = self.cfg.optim
+        return {"G": (("G",), o.g_lr), "D": (("D",), o.d_lr)}
+
+    def phases(self):
+        return [Phase("D", "D", repeat=self.cfg.optim.d_steps_per_g), Phase("G", "G", new_batch=False)]
+
+    def config_problems(self):
+        if self.cfg.data.resolution != self.model.resolution:
+            return [("data.resolution", f"{self.cfg.data.resolution}: must equal model.resolution "
+                     f"({self.model.resolution}), the final stage's")]
+        # Augmenting a stage's image and the images it is judged with alike: not built.
+        return unused_terms(self)
+
+
 def _plain(inp: Input) -> dict:
     d = {"kind": type(inp).__name__}
     d.update({k: getattr(inp, k) for k in inp.__dataclass_fields__})

@@ -14,30 +14,17 @@ import torch.nn.functional as F
 from models.stackgan import Discriminator, Generator, StackGANConfig
 from pipeline.engine import losses
 from pipeline.families import register
-from pipeline.families.spec import ClassLabel, Family, Latent, Phase, unused_terms
+from pipeline.families.spec import ClassLabel, Latent, StagedFamily
 
 
 @register("stackgan", StackGANConfig)
-class StackGAN(Family):
+class StackGAN(StagedFamily):
     def inputs(self):
         m = self.model
         return {"z": Latent(m.z_dim), "eps": Latent(m.c_dim), "cls": ClassLabel(m.num_classes)}
 
     def build(self):
         return {"G": Generator(self.model), "D": Discriminator(self.model)}
-
-    def optimizer_groups(self):
-        o = self.cfg.optim
-        return {"G": (("G",), o.g_lr), "D": (("D",), o.d_lr)}
-
-    def phases(self):
-        return [Phase("D", "D", repeat=self.cfg.optim.d_steps_per_g), Phase("G", "G", new_batch=False)]
-
-    def config_problems(self):
-        if self.cfg.data.resolution != self.model.resolution:
-            return [("data.resolution", f"{self.cfg.data.resolution}: must equal model.resolution "
-                     f"({self.model.resolution}), stage II's")]
-        return unused_terms(self)      # augmenting both stages' images alike: not built
 
     def stages(self, nets, inputs) -> list[torch.Tensor]:
         return nets["G"](inputs["z"], inputs["eps"], inputs["cls"])[0]
