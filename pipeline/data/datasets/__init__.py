@@ -4,7 +4,7 @@ from __future__ import annotations
 from itertools import islice
 from pathlib import Path
 
-from pipeline.data.datasets import digits, shapepairs, shapestack
+from pipeline.data.datasets import digits, shapecaptions, shapepairs, shapestack
 from pipeline.data.shards import DataError, load_manifest, write_shards
 
 # name -> (class or domain names, samples(n, resolution, seed) for write_shards)
@@ -15,6 +15,7 @@ BUILTIN = {
     "shapeunpaired": (list(shapepairs.UNPAIRED),                 # CycleGAN: cls = domain A or B
                       lambda n, r, s: shapepairs.styles(n, r, s, shapepairs.UNPAIRED)),
     "shapestyles": (shapepairs.CLASSES, shapepairs.styles),      # StarGAN: cls = one of 3 domains
+    "shapecaptions": (shapestack.CLASSES, shapecaptions.samples),  # text-to-image: png + cls + txt
 }
 
 
