@@ -114,11 +114,13 @@ def pull(uri, out) -> int:
               "in w space (w_avg + psi (w - w_avg)), e.g. 0.7")
 @click.option("--code", multiple=True, metavar="NAME=VALUE",
               help="fix one latent code for every image (InfoGAN: cat0=3, cont0=0.5); repeatable")
+@click.option("--prompt", help="text-to-image models: the caption every image shows, e.g. \"a ring in red "
+              "over a cross in green and a dot in blue\" (default: the built-in captions in turn)")
 @click.option("--seed", type=int, default=0, help="same seed, same images")
 @click.option("--out", required=True, help="grid PNG path")
 @click.option("--individual", is_flag=True, help="also one PNG per image in a folder beside it")
 @click.option("--device", default="cpu", help="torch device, e.g. cuda")
-def sample(source, n, cls, truncation, code, seed, out, individual, device) -> int:
+def sample(source, n, cls, truncation, code, prompt, seed, out, individual, device) -> int:
     """Write a PNG grid from a registered or pulled generator.
 
     SOURCE is models:/NAME@ALIAS (or /VERSION), runs:/..., a folder from `ganforge pull` or a
@@ -143,6 +145,11 @@ def sample(source, n, cls, truncation, code, seed, out, individual, device) -> i
             raise ValueError(f"--code {kv!r}: {v!r} is not a number") from None
     if cls is not None and not G.num_classes:
         raise ValueError(f"--class: {cls} given but the generator is unconditional (drop --class)")
+    if prompt is not None:
+        key = G.text_input
+        if key is None:
+            raise ValueError(f"--prompt: {source} is a {G.family.name} generator, which takes no text")
+        fixed[key] = prompt
     images = G.sample(n, seed, truncation=truncation, fixed=fixed)
     files = sampling.write_grid(images, out, individual=individual)
     extra = f" and {len(files) - 1} images in {Path(out).with_suffix('')}/" if individual else ""

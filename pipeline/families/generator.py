@@ -27,7 +27,7 @@ from pipeline import families
 from pipeline.engine import checkpoint as ckpt
 from pipeline.engine.checkpoint import sha256_file
 from pipeline.families import sampling
-from pipeline.families.spec import Categorical, ClassLabel, Domain, Family, Latent, Nets, SourceImage
+from pipeline.families.spec import Caption, Categorical, ClassLabel, Domain, Family, Latent, Nets, SourceImage
 
 MANIFEST, WEIGHTS, CONFIG, PT2 = "ganforge_model.json", "weights.pt", "config.yaml", "model.pt2"
 FORMAT = "ganforge-generator/2"
@@ -85,6 +85,8 @@ class Generator:
     def batch(self, start: int, stop: int, *, seed: int = 0, truncation: float | None = None,
               fixed: dict | None = None) -> tuple[torch.Tensor, dict]:
         """(float [-1, 1] images, their CPU inputs) of samples [start, stop)."""
+        if fixed:
+            self.family.check_fixed(self.nets, fixed)
         x = sampling.inputs(self.specs, start, stop, seed=seed, truncation=truncation, fixed=fixed)
         return sampling.images(self.family, self.nets, start, stop, given=x), x
 
@@ -97,6 +99,11 @@ class Generator:
     def translates(self) -> bool:
         """An image-to-image generator (pix2pix, CycleGAN, StarGAN): it takes images, not noise."""
         return self.family.translates
+
+    @property
+    def text_input(self) -> str | None:
+        """The name of the caption input (what `--prompt` fixes), None for a model without text."""
+        return next((k for k, s in self.specs.items() if isinstance(s, Caption)), None)
 
     @property
     def domain_input(self) -> str | None:

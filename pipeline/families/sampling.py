@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.families.spec import (Categorical, ClassLabel, Domain, Input, Latent, SourceImage,
+from pipeline.families.spec import (Caption, Categorical, ClassLabel, Domain, Input, Latent, SourceImage,
                                     Truncation, Uniform)
 
 BLOCK = 256
@@ -64,6 +64,10 @@ def check_fixed(specs: dict[str, Input], fixed: dict | None) -> dict:
             out[name] = domain_index(s, value, name)
         elif isinstance(s, SourceImage):
             raise ValueError(f"{name}: images to translate are given as images (--input), not fixed")
+        elif isinstance(s, Caption):
+            from pipeline import text
+            out[name] = (text.check_caption(value, name) if not isinstance(value, (list, tuple))
+                         else [text.check_caption(v, name) for v in value])
         else:
             raise ValueError(f"{name}: noise cannot be fixed (use --seed)")
     return out
@@ -113,6 +117,8 @@ def inputs(specs: dict[str, Input], start: int, stop: int, *, seed: int = 0,
             k = len(s.names)
             out[name] = (torch.full((n,), fixed.get(name, s.default), dtype=torch.long)
                          if name in fixed or s.default is not None else torch.arange(start, stop) % k)
+        elif isinstance(s, Caption):
+            out[name] = _captions(s, name, fixed.get(name), start, stop)
         elif isinstance(s, SourceImage):
             if images is None:
                 raise ValueError(f"{name}: this generator translates images; give the images to "
@@ -123,6 +129,23 @@ def inputs(specs: dict[str, Input], start: int, stop: int, *, seed: int = 0,
         else:
             raise TypeError(f"{name}: unknown input {s!r}")
     return out
+
+
+def _captions(s: Caption, name: str, given, start: int, stop: int) -> torch.Tensor:
+    """The caption tensor of samples [start, stop): one prompt for all, a list of one per sample
+    (exactly stop - start), or the built-in captions."""
+    from pipeline import text
+    from pipeline.data.captions import default_caption
+
+    n = stop - start
+    if given is None:
+        given = [default_caption(i) for i in range(start, stop)]
+    elif isinstance(given, str):
+        given = [given] * n
+    elif len(given) != n:
+        raise ValueError(f"{name}: {len(given)} captions given for {n} samples; give one prompt for "
+                         f"all, or exactly one per sample")
+    return text.features(s, list(given))
 
 
 def probe(specs: dict[str, Input], n: int = 2) -> dict[str, torch.Tensor]:
@@ -148,7 +171,7 @@ def draw(specs: dict[str, Input], n: int, device) -> dict[str, torch.Tensor]:
             out[name] = torch.ones(n, device=device)
         elif isinstance(s, Domain):
             out[name] = torch.randint(0, len(s.names), (n,), device=device)
-        # SourceImage: translation families train on their batches' images, nothing to draw
+        # SourceImage, Caption: families train on their batches' images and captions, nothing to draw
     return out
 
 
@@ -165,6 +188,8 @@ def images(family, nets, start: int, stop: int, *, seed: int = 0, truncation: fl
     of [start, stop) when the caller already drew them (they are the same for the same seed)."""
     if stop <= start:
         raise ValueError(f"n: {stop - start} must be >= 1")
+    if fixed and not given:
+        family.check_fixed(nets, fixed)
     given = given or inputs(family.inputs(), start, stop, seed=seed, truncation=truncation, fixed=fixed)
     modules = list(nets.values())
     device = device or next(modules[0].parameters()).device

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from pipeline.data.fields import DEFAULT_FIELDS, Field
+from pipeline.text import TextEncoder
 
 Nets = dict[str, nn.Module]
 
@@ -130,7 +131,17 @@ class Domain:
     default: int | None = None
 
 
-Input = Latent | ClassLabel | Categorical | Uniform | Truncation | SourceImage | Domain
+@dataclass(frozen=True)
+class Caption(TextEncoder):
+    """What the image should show, as text, made a tensor by its encoder (pipeline.text.features:
+    word ids for the trained encoder, MiniLM's embedding). Fixed by a prompt (`--prompt`, the
+    pyfunc model's `prompt` column): one caption for every sample, or a list of one per sample.
+    Unfixed, sample i shows the built-in captioned set's caption i
+    (pipeline.data.captions.default_caption: every shapestack mode once per 1000 samples).
+    Training reads the batch's captions; nothing is drawn."""
+
+
+Input = Latent | ClassLabel | Categorical | Uniform | Truncation | SourceImage | Domain | Caption
 
 
 # ---------------------------------------------------------------- the family
@@ -211,6 +222,10 @@ class Family:
     def translates(self) -> bool:
         """An image-to-image family (pix2pix, CycleGAN, StarGAN): its inputs include a SourceImage."""
         return any(isinstance(s, SourceImage) for s in self.inputs().values())
+
+    def check_fixed(self, nets: Nets, fixed: dict) -> None:
+        """Refuse fixed inputs the trained networks cannot honour (a caption with words the text
+        encoder never saw); raises ValueError naming the input. Called before sampling."""
 
     def config_problems(self) -> list[tuple[str, str]]:
         """(dotted config key, what is wrong) for settings this family cannot honour; loading a

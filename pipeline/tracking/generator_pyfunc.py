@@ -3,8 +3,9 @@ logged model and runs it on load, so no pickled Python object is stored or unpic
 the ganforge package importable (the network classes live in `models`).
 
 `mlflow.pyfunc.load_model(uri).predict(...)` takes a table or dict with columns n, seed and
-optional class, truncation and the family's codes (InfoGAN: cat0, cont0, ...), one request per
-row, and returns uint8 images N x H x W x 3: the same bytes as `ganforge sample` for the seed.
+optional class, truncation, the family's codes (InfoGAN: cat0, cont0, ...) and prompt (text-to-
+image models: the caption of the row's images), one request per row, and returns uint8 images
+N x H x W x 3: the same bytes as `ganforge sample` for the seed.
 
 A translator (pix2pix, CycleGAN, StarGAN) takes images instead: uint8 N x H x W x 3 (any size,
 resized to the model's as `ganforge translate` does) and the optional param `to` (a target domain
@@ -47,16 +48,19 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         if self.G.translates:
             return self._translate(model_input, params or {})
         out = []
-        fixable = [k for k in self.G.specs if k != "z"]
+        text = self.G.text_input
+        fixable = [k for k in self.G.specs if k != "z"]        # the inputs' names; the columns':
+        names = {"class": "cls", "prompt": text or "prompt"}
+        public = {v: k for k, v in names.items()}
         for r in _rows(model_input):
             trunc = _opt(r.get("truncation"))
-            fixed = {"cls" if k == "class" else k: _opt(v) for k, v in r.items()
-                     if k not in ("n", "seed", "truncation")}
+            fixed = {names.get(k, k): _opt(v) for k, v in r.items() if k not in ("n", "seed", "truncation")}
             unknown = [k for k, v in fixed.items() if v is not None and k not in fixable]
             if "cls" in unknown:
                 raise ValueError(f"class: {fixed['cls']} given but the generator is unconditional")
             if unknown:
-                raise ValueError(f"{unknown[0]}: not an input of this generator (inputs: {', '.join(fixable) or 'none'})")
+                raise ValueError(f"{unknown[0]}: not an input of this generator "
+                                 f"(columns: {', '.join(public.get(k, k) for k in fixable) or 'none'})")
             imgs = self.G.sample(int(r.get("n", 1)), int(_opt(r.get("seed")) or 0),
                                  None if trunc is None else float(trunc), fixed)
             out.append(imgs.permute(0, 2, 3, 1).numpy())

