@@ -24,6 +24,7 @@ _MODULES = (
     "pipeline.families.encoders",
     "pipeline.families.lapgan",
     "pipeline.families.stackgan",
+    "pipeline.families.textgan",
 )
 
 
