@@ -111,8 +111,9 @@ def _real_data(data: str | None, cfg):
 @click.command(short_help="score a generator: checkpoint DIR, RUN_ID or models:/ URI")
 @click.argument("target")
 @click.option("--metrics", "metric_names", default="fid,kid,coverage",
-              help="comma-separated: fid, fid_per_class, kid, pr, is, coverage, and reconstruction "
-                   "for BiGAN/ALI and VAE-GAN (an unknown name fails, listing the known)")
+              help="comma-separated: fid, fid_per_class, kid, pr, is, coverage, reconstruction "
+                   "(BiGAN/ALI and VAE-GAN) and caption (text-to-image: the oracle's caption accuracy); "
+                   "an unknown name fails, listing the known")
 @click.option("--n", type=int, default=10000, help="generated images")
 @click.option("--n-real", type=int, help="real images for the reference (default: all)")
 @click.option("--extractor", default="ganforge-small-shapestack",
@@ -135,10 +136,11 @@ def evaluate(target, metric_names, n, n_real, extractor, inception_weights, data
     from pipeline.evaluation.metrics.protocol import EvalConfig, Protocol
 
     names = [m.strip() for m in metric_names.split(",") if m.strip()]
-    # reconstruction runs images through E then G, not samples through the sample metrics' path
-    recon = "reconstruction" in names
-    names = [m for m in names if m != "reconstruction"]
-    known = metrics.list_metrics() + ["reconstruction"]
+    # reconstruction (images through E then G) and caption (one image per built-in caption) are
+    # oracle scores of their own, not samples through the sample metrics' path
+    own = [m for m in names if m in ("reconstruction", "caption")]
+    names = [m for m in names if m not in own]
+    known = metrics.list_metrics() + ["reconstruction", "caption"]
     unknown = [m for m in names if m not in known]
     if unknown:   # fail before any work
         raise click.BadParameter(f"unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})",
@@ -149,18 +151,27 @@ def evaluate(target, metric_names, n, n_real, extractor, inception_weights, data
                       seed=seed, truncation=truncation, ema=not no_ema)
     G, cfg, run_id, step, version = load_generator(target, ema=ecfg.ema)
     G.to(device)
-    rec = {}
-    if recon:
+    rec, notes = {}, []
+    if "reconstruction" in own:
         from pipeline.evaluation import reconstruction
 
         if not G.encodes:
             raise ValueError(f"--metrics reconstruction: {target} is a {G.family.name} generator, "
                              "without an encoder (bigan or vaegan have one)")
-        rec = reconstruction.builtin_oracle(G, n=min(n, 2000), seed=reconstruction.SEED + seed)
+        rec.update(reconstruction.builtin_oracle(G, n=min(n, 2000), seed=reconstruction.SEED + seed))
+        notes.append(f"reconstruction: shapestack images, seed {reconstruction.SEED + seed}, n={min(n, 2000)}")
+    if "caption" in own:
+        from pipeline.evaluation import captions
+
+        if G.text_input is None:
+            raise ValueError(f"--metrics caption: {target} is a {G.family.name} generator, which "
+                             "takes no text (gan_int_cls does)")
+        rec.update(captions.builtin_oracle(G, n=n, seed=captions.SEED + seed))
+        notes.append(f"caption: built-in captions, seed {captions.SEED + seed}, n={n}")
     if not names:
         for k, v in rec.items():
             print(f"{k:<20}  {v:.6g}")
-        print(f"  (shapestack images, seed {reconstruction.SEED + seed}, n={min(n, 2000)})")
+        print("".join(f"  ({t})\n" for t in notes), end="")
         return 0
     needs = metrics.needs(names)
     feats = None
