@@ -159,11 +159,12 @@ def tiny_shards16(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def family_shards(smoke_shards, ganforge_home) -> dict:
     """Built-in shards by name at 16 px: the smoke shards as shapestack, and small sets of the
-    translation layouts (shapepairs, shapeunpaired, shapestyles), 96 samples in 6 shards each."""
+    translation layouts (shapepairs, shapeunpaired, shapestyles) and of captioned shapestack,
+    96 samples in 6 shards each."""
     from pipeline.data.datasets import build_builtin
 
     out = {"shapestack": smoke_shards}
-    for name in ("shapepairs", "shapeunpaired", "shapestyles"):
+    for name in ("shapepairs", "shapeunpaired", "shapestyles", "shapecaptions"):
         out[name] = ganforge_home / "test-data" / f"{name}-16"
         build_builtin(name, out[name], resolution=16, n=96, shard_size=16, seed=5)
     return out

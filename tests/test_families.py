@@ -40,9 +40,12 @@ SMALL = {
     "vaegan": {"e_channels": 8, "pixel_weight": 0.5},
     "lapgan": {"base": 4, "noise_channels": 2},
     "stackgan": {"resolution": 32, "num_classes": 10, "embed_dim": 8, "c_dim": 4},
+    "gan_int_cls": {"num_classes": 0, "word_dim": 8, "sent_dim": 8, "proj_dim": 8},
 }
-# Translators train on their own built-in layout (pairs, or cls = domain), 16 px.
-BUILTIN = {"pix2pix": "shapepairs", "cyclegan": "shapeunpaired", "stargan": "shapestyles"}
+# Translators train on their own built-in layout (pairs, or cls = domain), text-to-image on
+# captioned shapestack; 16 px.
+BUILTIN = {"pix2pix": "shapepairs", "cyclegan": "shapeunpaired", "stargan": "shapestyles",
+           "gan_int_cls": "shapecaptions"}
 LOSS = {"progan": {"kind": "wasserstein", "gp_weight": 10.0, "drift_weight": 1e-3},
         "pix2pix": {"kind": "nonsaturating"}, "cyclegan": {"kind": "least_squares"},
         "stargan": {"kind": "wasserstein"}}
@@ -228,6 +231,41 @@ def test_every_family_trains_resumes_registers_and_samples_identically(two_worke
         assert want.float().std() > 0                   # not a blank image
         if gen.encodes:
             _check_encoder(name, gen, mv, ckpt, tmp_path)
+        if gen.text_input:
+            _check_prompt(name, gen, mv, ckpt, model, tmp_path)
+
+
+def _check_prompt(name, gen, mv, ckpt, model, tmp_path):
+    """A prompt gives the same images from the pulled folder, the registry URI, the checkpoint,
+    the pyfunc model's prompt column and `ganforge sample --prompt`; another prompt, others."""
+    from PIL import Image
+
+    from pipeline import text
+    from pipeline.data.captions import WORDS
+    from pipeline.families import generator as GM
+    from pipeline.tracking import registry
+
+    key, T = gen.text_input, gen.nets.get("T")
+    spec = gen.specs[key]
+    # Words rank 0 read in its 4 steps (the trained encoder refuses others, test_textgan.py).
+    seen = [w for w in WORDS if T is None or bool(T.seen[text.word_id(w, spec.buckets)])]
+    prompt, other = f"red {seen[0]}, green {seen[-1]}, blue {seen[0]}", f"red {seen[-1]}, green {seen[0]}, blue {seen[-1]}"
+    want = gen.sample(6, seed=11, fixed={key: prompt})
+    # 4 steps in, a caption moves G's output by less than a uint8 level: compare the floats
+    assert not torch.equal(gen.batch(0, 6, seed=11, fixed={key: other})[0],
+                           gen.batch(0, 6, seed=11, fixed={key: prompt})[0]), name
+    for loaded in (registry.load_generator(_uri_of(mv)), GM.from_checkpoint(ckpt)):
+        assert torch.equal(loaded.sample(6, seed=11, fixed={key: prompt}), want), name
+    got = model.predict({"n": 6, "seed": 11, "prompt": prompt})
+    assert np.array_equal(got, want.permute(0, 2, 3, 1).numpy()), name
+    from jobs import cli
+
+    out = tmp_path / f"prompt-{name}.png"
+    assert cli.main(["sample", _uri_of(mv), "--prompt", prompt, "--n", "6", "--seed", "11", "--out", str(out),
+                     "--individual"]) == 0, name
+    for i in range(6):
+        png = np.asarray(Image.open(out.with_suffix("") / f"{i:04d}.png"))
+        assert np.array_equal(png, want[i].permute(1, 2, 0).numpy()), (name, i)
 
 
 def _check_translator(name, gen, mv, ckpt, model, tmp_path):

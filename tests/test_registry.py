@@ -169,6 +169,7 @@ SMALL = {"biggan": {"ch": 8}, "biggan_deep": {"ch": 8}, "progan": {"channel_max"
          "infogan": {"num_classes": 0}, "bigan": {"num_classes": 0, "stochastic": True},
          "vaegan": {"num_classes": 0}, "lapgan": {"num_classes": 0, "g_channels": 8, "d_channels": 8},
          "stackgan": {"g_channels": 8, "d_channels": 8},
+         "gan_int_cls": {"num_classes": 0, "g_channels": 8, "d_channels": 8, "sent_dim": 16, "proj_dim": 16},
          "stylegan2": {"z_dim": 32, "w_dim": 32, "mapping_layers": 2, "channel_base": 256, "channel_max": 16}}
 TRANSLATORS = {"pix2pix": {}, "cyclegan": {"domains": ["x", "y"]}, "stargan": {"domains": ["a", "b", "c"]}}
 
