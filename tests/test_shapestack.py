@@ -98,7 +98,8 @@ def test_folder(tmp_path):
 
 
 def test_build_builtin(tmp_path):
-    assert set(BUILTIN) == {"shapestack", "digits", "shapepairs", "shapeunpaired", "shapestyles"}
+    assert set(BUILTIN) == {"shapestack", "digits", "shapepairs", "shapeunpaired", "shapestyles",
+                            "shapecaptions"}
     m = build_builtin("shapestack", tmp_path / "s", resolution=16, n=300, shard_size=128, seed=1)
     assert m["samples"] == 300 and [s["count"] for s in m["shards"]] == [128, 128, 44]
     assert m["classes"] == shapestack.CLASSES
