@@ -19,34 +19,46 @@ from models.layers import dcgan_init, maybe_sn
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextGANConfig(dcgan.DCGANConfig):
+class TextConditionConfig:
+    """How a text-conditioned family reads and encodes captions (GAN-INT-CLS; StackGAN with
+    condition: text)."""
     text_encoder: Literal["trained", "minilm"] = "trained"   # pipeline.text
     caption_member: str = "txt"   # the sample member holding the caption, or "json:KEY" inside .json
     buckets: int = 4096           # trained encoder: hashed word ids
     max_words: int = 24           # trained encoder: words read per caption
     word_dim: int = 64            # trained encoder: word embedding width
     sent_dim: int = 128           # trained encoder: sentence embedding width (MiniLM's is 384)
+
+    def check_text(self):
+        for k in ("buckets", "max_words", "word_dim", "sent_dim"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}: must be >= 1")
+        if not self.caption_member or self.caption_member == "json:":
+            raise ValueError("caption_member: a member name (txt) or json:KEY")
+
+    @property
+    def sentence_dim(self) -> int:
+        """Width of the sentence embedding the networks are conditioned on."""
+        return self.sent_dim if self.text_encoder == "trained" else 384
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextGANConfig(TextConditionConfig, dcgan.DCGANConfig):
     proj_dim: int = 128           # the compressed embedding G and D each make of the sentence one
     matching_aware: bool = True   # CLS: D also learns that real images with the wrong text are fake
     interpolate: float = 1.0      # INT: weight of G's loss on embeddings halfway between two captions
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_text()
         if self.num_classes:
             raise ValueError("num_classes: the caption is GAN-INT-CLS's condition; use 0")
         if self.pack != 1:
             raise ValueError("pack: D judges each image with its own caption; use 1")
-        for k in ("buckets", "max_words", "word_dim", "sent_dim", "proj_dim"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k}: must be >= 1")
+        if self.proj_dim < 1:
+            raise ValueError("proj_dim: must be >= 1")
         if self.interpolate < 0:
             raise ValueError("interpolate: must be >= 0")
-        if not self.caption_member or self.caption_member == "json:":
-            raise ValueError("caption_member: a member name (txt) or json:KEY")
-
-    @property
-    def embed_dim(self) -> int:
-        return self.sent_dim if self.text_encoder == "trained" else 384
 
 
 class WordEncoder(nn.Module):
@@ -85,7 +97,7 @@ class Generator(nn.Module):
     def __init__(self, cfg: TextGANConfig):
         super().__init__()
         self.z_dim = cfg.z_dim
-        self.text = _compress(cfg.embed_dim, cfg.proj_dim)
+        self.text = _compress(cfg.sentence_dim, cfg.proj_dim)
         # The compression keeps PyTorch's default init: DCGAN's N(0, 0.02) would shrink the caption
         # to ~1% of z's scale, and G would start out ignoring it.
         self.body = dcgan.Generator(dcgan.base_config(cfg, z_dim=cfg.z_dim + cfg.proj_dim, num_classes=0))
@@ -99,7 +111,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.body = dcgan.Discriminator(dcgan.base_config(cfg, num_classes=0))
         width, sn = self.body.out.in_features, cfg.spectral_norm
-        self.text = nn.Sequential(_compress(cfg.embed_dim, cfg.proj_dim, sn), maybe_sn(nn.Linear(cfg.proj_dim, width), sn))
+        self.text = nn.Sequential(_compress(cfg.sentence_dim, cfg.proj_dim, sn), maybe_sn(nn.Linear(cfg.proj_dim, width), sn))
         dcgan_init(self.text)      # D's projection starts near zero: D first judges realism alone
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from models.textgan import Discriminator, Generator, TextGANConfig, WordEncoder
+from models.textgan import Discriminator, Generator, TextConditionConfig, TextGANConfig, WordEncoder
 from pipeline import text
 from pipeline.data.fields import Image, Text
 from pipeline.engine import losses
@@ -27,36 +27,75 @@ from pipeline.families.gan import DirectGAN
 from pipeline.families.spec import Caption, Latent, Phase, unused_terms, unwrap
 
 
+class TextCondition:
+    """The caption side of a text-conditioned family (GAN-INT-CLS, StackGAN with condition: text):
+    its sample field, its generation input, the trained encoder network T (none for MiniLM),
+    sentence embeddings and the check that refuses prompts with words T never read."""
+
+    def __init__(self, model: TextConditionConfig):
+        self.m = model
+
+    @property
+    def trained(self) -> bool:
+        return self.m.text_encoder == "trained"
+
+    def field(self) -> Text:
+        return Text(members=(self.m.caption_member,))
+
+    def input(self) -> Caption:
+        return Caption(self.m.text_encoder, self.m.buckets, self.m.max_words)
+
+    def build(self) -> dict:
+        return {"T": WordEncoder(self.m.buckets, self.m.word_dim, self.m.sent_dim)} if self.trained else {}
+
+    def embed(self, nets, feats: torch.Tensor) -> torch.Tensor:
+        """Sentence embeddings of a caption tensor (pipeline.text.features)."""
+        return nets["T"](feats) if "T" in nets else feats.float()
+
+    def of_batch(self, nets, captions: list[str], device, grad: bool) -> torch.Tensor:
+        feats = text.features(self.input(), captions).to(device)
+        if grad:
+            return self.embed(nets, feats)
+        with torch.no_grad():      # no DDP reduction is prepared for a forward without grad
+            return self.embed(nets, feats)
+
+    def check(self, nets, caps, name: str) -> None:
+        if caps is None or not self.trained:
+            return
+        caps = [caps] if isinstance(caps, str) else list(caps)
+        T = unwrap(nets["T"])
+        unknown = text.unknown_words(self.input(), caps, T.seen)
+        if unknown:
+            raise ValueError(f"{name}: {', '.join(repr(w) for w in unknown[:10])} never appeared in this "
+                             f"model's training captions ({int(T.seen.sum())} word ids did), so its trained "
+                             f"text encoder has no embedding for them; use the words it was trained on")
+
+
 @register("gan_int_cls", TextGANConfig)
 class GANINTCLS(DirectGAN):
     per_sample_d = True
 
     @property
-    def trained_text(self) -> bool:
-        return self.model.text_encoder == "trained"
+    def text(self) -> TextCondition:
+        return TextCondition(self.model)
 
     @property
     def sample_nets(self):
-        return ("G", "T") if self.trained_text else ("G",)
+        return ("G", "T") if self.text.trained else ("G",)
 
     @property
     def fields(self):
-        return {"image": Image(), "txt": Text(members=(self.model.caption_member,))}
+        return {"image": Image(), "txt": self.text.field()}
 
     def inputs(self):
-        m = self.model
-        return {"z": Latent(m.z_dim), "txt": Caption(m.text_encoder, m.buckets, m.max_words)}
+        return {"z": Latent(self.model.z_dim), "txt": self.text.input()}
 
     def build(self):
-        m = self.model
-        nets = {"G": Generator(m), "D": Discriminator(m)}
-        if self.trained_text:
-            nets["T"] = WordEncoder(m.buckets, m.word_dim, m.sent_dim)
-        return nets
+        return {"G": Generator(self.model), "D": Discriminator(self.model), **self.text.build()}
 
     def optimizer_groups(self):
         o = self.cfg.optim
-        return {"G": (("G",), o.g_lr), "D": (("D", "T") if self.trained_text else ("D",), o.d_lr)}
+        return {"G": (("G",), o.g_lr), "D": (("D", "T") if self.text.trained else ("D",), o.d_lr)}
 
     def phases(self):
         return [Phase("D", "D", repeat=self.cfg.optim.d_steps_per_g), Phase("G", "G", new_batch=False)]
@@ -65,38 +104,17 @@ class GANINTCLS(DirectGAN):
         # R1/GP would need D's gradient w.r.t. the image at a fixed caption: not built here.
         return unused_terms(self, aug=False) or super().config_problems()
 
-    def embed(self, nets, feats: torch.Tensor) -> torch.Tensor:
-        """Sentence embeddings of a caption tensor (pipeline.text.features)."""
-        return nets["T"](feats) if "T" in nets else feats.float()
-
-    def _batch_embedding(self, nets, batch, device, grad: bool) -> torch.Tensor:
-        feats = text.features(self.inputs()["txt"], batch["txt"]).to(device)
-        if grad:
-            return self.embed(nets, feats)
-        with torch.no_grad():      # no DDP reduction is prepared for a forward without grad
-            return self.embed(nets, feats)
-
     def generate(self, nets, inputs):
-        return nets["G"](inputs["z"], self.embed(nets, inputs["txt"]))
+        return nets["G"](inputs["z"], self.text.embed(nets, inputs["txt"]))
 
     def check_fixed(self, nets, fixed):
-        caps = fixed.get("txt")
-        if caps is None or not self.trained_text:
-            return
-        caps = [caps] if isinstance(caps, str) else list(caps)
-        spec = self.inputs()["txt"]
-        unknown = text.unknown_words(spec, caps, unwrap(nets["T"]).seen)
-        if unknown:
-            known = int(unwrap(nets["T"]).seen.sum())
-            raise ValueError(f"txt: {', '.join(repr(w) for w in unknown[:10])} never appeared in this model's "
-                             f"training captions ({known} word ids did), so its trained text encoder has "
-                             f"no embedding for them; use the words it was trained on")
+        self.text.check(nets, fixed.get("txt"), "txt")
 
     # -- losses -------------------------------------------------------------------------------
     def _loss_D(self, nets, batch, ctx):
         G, D, kind = nets["G"], nets["D"], self.cfg.loss.kind
         real = batch["image"]
-        e = self._batch_embedding(nets, batch, ctx.device, grad=True)
+        e = self.text.of_batch(nets, batch["txt"], ctx.device, grad=True)
         with torch.no_grad(), ctx.amp():
             fake = G(self.z(real.shape[0], real.device), e.detach())
         with ctx.amp():
@@ -115,7 +133,7 @@ class GANINTCLS(DirectGAN):
 
     def _loss_G(self, nets, batch, ctx):
         G, D, kind, w = nets["G"], nets["D"], self.cfg.loss.kind, self.model.interpolate
-        e = self._batch_embedding(nets, batch, ctx.device, grad=False)
+        e = self.text.of_batch(nets, batch["txt"], ctx.device, grad=False)
         n = e.shape[0]
         with ctx.amp():
             loss = losses.g_loss(kind, D(self.augment(G(self.z(n, ctx.device), e)), e).float())
