@@ -4,28 +4,32 @@ Stage I draws a low-resolution image (half the final size) from z and the condit
 reads that image and the condition again and draws the final image. The condition goes through
 conditioning augmentation (CA): its embedding gives a Gaussian (mu, sigma) and G sees
 c = mu + sigma * eps, with KL(N(mu, sigma) || N(0, I)) in G's loss, which smooths the condition
-manifold. The papers condition on a sentence embedding; here the condition is a class label's
-learned embedding, until a text encoder exists. Each stage has its own D, with a projection head
-on the class. G and D are one module each (every stage), as in LAPGAN.
+manifold. The condition is a class label's learned embedding (`condition: class`) or, as in the
+papers, a caption's sentence embedding (`condition: text`, from pipeline.text's encoders). Each
+stage has its own D, with a projection head on the condition. G and D are one module each (every
+stage), as in LAPGAN.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models import dcgan
-from models.layers import dcgan_init
+from models.layers import dcgan_init, maybe_sn
+from models.textgan import TextConditionConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class StackGANConfig:
+class StackGANConfig(TextConditionConfig):
     resolution: int = 32          # final px, a power of two in [32, 128]; stage I draws half
     z_dim: int = 64
-    num_classes: int = 10         # the condition (>= 1)
-    embed_dim: int = 64           # the condition's embedding, before CA
+    condition: Literal["class", "text"] = "class"   # text: a caption, through text_encoder (below)
+    num_classes: int = 10         # condition class: the classes (>= 1); condition text: 0
+    embed_dim: int = 64           # the class's embedding before CA; with text, D's compression of it
     c_dim: int = 16               # CA's sampled condition
     g_channels: int = 32          # stage I G width (DCGAN), and stage II's
     d_channels: int = 32
@@ -36,8 +40,13 @@ class StackGANConfig:
         r = self.resolution
         if r < 32 or r > 128 or r & (r - 1):
             raise ValueError(f"resolution: {r} must be a power of two in [32, 128]")
-        if self.num_classes < 1:
-            raise ValueError("num_classes: StackGAN needs a condition here (>= 1 class)")
+        if self.condition == "class" and self.num_classes < 1:
+            raise ValueError("num_classes: StackGAN needs a condition here (>= 1 class, or condition: text)")
+        if self.condition == "text":
+            if self.num_classes:
+                raise ValueError(f"num_classes: {self.num_classes}, but the caption is the condition "
+                                 "(condition: text); use 0")
+            self.check_text()
         for k in ("z_dim", "embed_dim", "c_dim", "g_channels", "d_channels"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k}: must be >= 1")
@@ -46,7 +55,8 @@ class StackGANConfig:
 
     def stage_config(self, resolution: int, z_dim: int = 0) -> dcgan.DCGANConfig:
         return dcgan.DCGANConfig(resolution=resolution, z_dim=z_dim or self.z_dim, g_channels=self.g_channels,
-                                 d_channels=self.d_channels, num_classes=self.num_classes, d_norm="none",
+                                 d_channels=self.d_channels, d_norm="none",
+                                 num_classes=self.num_classes if self.condition == "class" else 0,
                                  spectral_norm=self.spectral_norm)
 
 
@@ -75,13 +85,15 @@ class _Refiner(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(z, eps, y) -> ([stage I image, stage II image], CA's KL per sample)."""
+    """G(z, eps, y) -> ([stage I image, stage II image], CA's KL per sample); y is the class, or
+    the caption's sentence embedding."""
 
     def __init__(self, cfg: StackGANConfig):
         super().__init__()
         self.z_dim, self.num_classes, self.c_dim = cfg.z_dim, cfg.num_classes, cfg.c_dim
-        self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim)
-        self.ca = nn.Linear(cfg.embed_dim, cfg.c_dim * 2)
+        text = cfg.condition == "text"
+        self.embed = nn.Identity() if text else nn.Embedding(cfg.num_classes, cfg.embed_dim)
+        self.ca = nn.Linear(cfg.sentence_dim if text else cfg.embed_dim, cfg.c_dim * 2)
         s1 = cfg.stage_config(cfg.resolution // 2, cfg.z_dim + cfg.c_dim)
         self.stage1 = dcgan.Generator(dcgan.base_config(s1, num_classes=0))
         self.stage2 = _Refiner(cfg.c_dim, cfg.g_channels)
@@ -96,11 +108,25 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D([stage I image, stage II image], y) -> a logit per image per stage (projection on y)."""
+    """D([stage I image, stage II image], y) -> a logit per image per stage (projection on y: the
+    class's embedding, or a compression of the sentence embedding per stage)."""
 
     def __init__(self, cfg: StackGANConfig):
         super().__init__()
         self.stages = nn.ModuleList(dcgan.Discriminator(cfg.stage_config(r)) for r in (cfg.resolution // 2, cfg.resolution))
+        self.text = None
+        if cfg.condition == "text":
+            sn = cfg.spectral_norm
+            self.text = nn.ModuleList(
+                nn.Sequential(maybe_sn(nn.Linear(cfg.sentence_dim, cfg.embed_dim), sn), nn.LeakyReLU(0.2),
+                              maybe_sn(nn.Linear(cfg.embed_dim, d.out.in_features), sn)) for d in self.stages)
+            dcgan_init(self.text)
 
     def forward(self, images, y):
-        return [d(x, y) for d, x in zip(self.stages, images)]
+        if self.text is None:
+            return [d(x, y) for d, x in zip(self.stages, images)]
+        out = []
+        for d, proj, x in zip(self.stages, self.text, images):
+            h = d.features(x).flatten(1)
+            out.append(d.out(h).squeeze(1) + (proj(y) * h).sum(1))
+        return out

@@ -62,3 +62,45 @@ def test_bad_settings_name_their_key():
         _cfg(resolution=16)
     with pytest.raises(C.ConfigError, match=r"^loss\.gp_weight"):
         C.from_dict({"model": {"name": "stackgan"}, "data": {"resolution": 32}, "loss": {"gp_weight": 1}})
+
+
+def test_text_condition_matching_aware_d_trains_the_word_encoder(tmp_path):
+    """condition: text, as in the paper: the caption's embedding through CA; D's phase also sees
+    reals with rolled captions and trains T; G's phase leaves T alone; a short local run
+    checkpoints, and a prompt gives the same images from the checkpoint and a generator folder."""
+    from pipeline.data import resolve_shards
+    from pipeline.engine.context import checkpoints, train_local
+    from pipeline.families import generator as GM
+    from pipeline.families.spec import Ctx
+
+    cfg = _cfg(condition="text", num_classes=0, word_dim=8, sent_dim=8)
+    fam = families.of(cfg)
+    nets = fam.build()
+    assert set(nets) == {"G", "D", "T"} and fam.optimizer_groups()["D"][0] == ("D", "T")
+    assert type(fam.inputs()["txt"]).__name__ == "Caption" and "cls" not in fam.fields
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1,
+             "txt": ["red ring, green cross, blue dot", "red dot, green dot, blue dot", "", "a disk in red"]}
+    ctx = Ctx(step=1, device=torch.device("cpu"))
+    d_loss, _ = fam.loss(fam.phases()[0], nets, batch, ctx)
+    d_loss.backward()
+    assert nets["T"].embed.weight.grad.abs().sum() > 0
+    nets["T"].zero_grad()
+    g_loss, _ = fam.loss(fam.phases()[1], nets, batch, ctx)
+    g_loss.backward()
+    assert nets["T"].embed.weight.grad is None or nets["T"].embed.weight.grad.abs().sum() == 0
+
+    run = C.from_dict({**C.to_dict(cfg), "data": {"resolution": 32, "loader_workers": 0, "shuffle_buffer": 0},
+                       "train": {"batch_size": 4, "steps": 4, "log_every": 2, "checkpoint_every": 4, "sample_every": 0},
+                       "scaling": {"num_workers": 1}})
+    data = tmp_path / "caps32"
+    from pipeline.data.datasets import build_builtin
+    build_builtin("shapecaptions", data, resolution=32, n=32, shard_size=16, seed=1)
+    train_local(run, {"urls": resolve_shards(str(data))[0], "counts": None}, tmp_path / "run", quiet=True)
+    gen = GM.from_checkpoint(checkpoints(tmp_path / "run")[-1])
+    want = gen.sample(3, seed=4, fixed={"txt": "red dot, green dot, blue dot"})
+    GM.write_folder(gen, run, tmp_path / "g", step=4)
+    assert torch.equal(GM.load_folder(tmp_path / "g").sample(3, seed=4, fixed={"txt": "red dot, green dot, blue dot"}), want)
+    with pytest.raises(ValueError, match="'hexagon' never appeared"):
+        gen.sample(1, fixed={"txt": "red hexagon"})
+    with pytest.raises(C.ConfigError, match=r"^model\.num_classes"):
+        _cfg(condition="text")            # num_classes 4 with a caption condition
