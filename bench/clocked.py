@@ -1,0 +1,116 @@
+"""The oracle benchmarks' common part (quality_translation, quality_encoders, quality_text): train a
+preset through the engine's local context (the real phases and data stream; no Ray, no MLflow) for
+a wall-clock budget, score its checkpointed networks at each mark of the training clock (scoring
+time not counted), and print a table of the rows."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pipeline import config as C
+from pipeline.data import resolve_shards
+from pipeline.engine.context import LocalContext
+from pipeline.families import generator as GM
+
+# score(gen, n, grid_path, extractor) -> {name: value}; extractor is None unless main(fid=True)
+Score = Callable[..., dict]
+
+
+class _Budget(Exception):
+    pass
+
+
+class _Clocked(LocalContext):
+    """The local context, scoring the checkpointed networks at each mark of the training clock."""
+
+    def __init__(self, *a, marks, on_score, **k):
+        super().__init__(*a, **k)
+        self.marks, self.on_score, self.t0, self.paused = list(marks), on_score, time.monotonic(), 0.0
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        at = (time.monotonic() - self.t0 - self.paused) / 60
+        if checkpoint_dir is None or not self.marks or at < self.marks[0]:
+            return
+        t = time.monotonic()
+        while self.marks and self.marks[0] <= at:
+            self.marks.pop(0)
+        self.on_score(at, int(metrics["step"]), GM.from_checkpoint(checkpoint_dir))
+        self.paused += time.monotonic() - t
+        if not self.marks:
+            raise _Budget
+
+
+def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score, extractor=None) -> list[dict]:
+    """Train `preset` for the marks' minutes; -> a row per mark, with score's figures."""
+    from jobs.train import builtin_shards
+    from pipeline.engine import loop
+
+    cfg = C.load(preset, [*overrides, "train.steps=100000000", "train.checkpoint_every=50",
+                          "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1",
+                          "scaling.num_workers=1", "data.loader_workers=0"])
+    urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
+    rows = []
+
+    def on_score(minutes, step, gen):
+        s = score(gen, n, out / f"{preset}_{minutes:.0f}min.png", extractor)
+        rows.append({"preset": preset, "minutes": round(minutes, 2), "step": step, **s})
+        print(f"  {preset:<12} {minutes:>6.2f} min  step {step:>6}  " +
+              "  ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
+
+    ctx = _Clocked(cfg, work / preset, device, None, True, marks=marks, on_score=on_score)
+    try:
+        loop.run(cfg, ctx, {"urls": urls, "counts": None})
+    except _Budget:
+        pass
+    return rows
+
+
+def main(doc: str, presets: list[str], score: Score, *, n_help: str, out: str, fid: bool = False,
+         label: Callable[[str], str] = str) -> list[dict]:
+    """The benchmark's command line: train each preset, score it at the marks, print the table
+    (columns named by `label`). fid: fit or load ganforge-small-shapestack (offline) for score."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("presets", nargs="*", default=presets)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--at", default="1,2,5,10")
+    ap.add_argument("--n", type=int, default=1000, help=n_help)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=out, help="grids: PRESET_Mmin.png")
+    a = ap.parse_args()
+    outdir = Path(a.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(a.threads)
+    marks = sorted(m for m in (float(x) for x in a.at.split(",")) if m <= a.minutes) or [a.minutes]
+    os.environ.setdefault("GANFORGE_HOME", str(Path.cwd() / ".ganforge"))
+    extractor = None
+    if fid:
+        from pipeline.evaluation.extractors import small
+
+        if not small.default_path().is_file():
+            small.fit()
+        extractor = small.load()
+    print(f"machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), torch "
+          f"{torch.__version__}, {a.threads} threads, device {a.device}, load average "
+          f"{os.getloadavg()[0]:.1f} before the runs" + (f"; FID extractor {extractor.name}" if fid else ""))
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        for p in a.presets:
+            rows += run(p, a.set, marks, a.n, a.device, Path(td), outdir, score, extractor)
+    keys = [k for k in rows[0] if k not in ("preset", "minutes", "step")]
+    w = max(12, *(len(label(k)) + 2 for k in keys))
+    pw = max(len(p) for p in a.presets) + 2
+    print(f"\n{'preset':<{pw}}{'minutes':>8}{'step':>7}" + "".join(f"{label(k):>{w}}" for k in keys))
+    for r in rows:
+        print(f"{r['preset']:<{pw}}{r['minutes']:>8.2f}{r['step']:>7}" +
+              "".join(f"{r.get(k, float('nan')):>{w}.3f}" for k in keys))
+    return rows
