@@ -48,7 +48,8 @@ class _Clocked(LocalContext):
             raise _Budget
 
 
-def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score, extractor=None) -> list[dict]:
+def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score,
+        extractor=None) -> list[dict]:
     """Train `preset` for the marks' minutes; -> a row per mark, with score's figures."""
     from jobs.train import builtin_shards
     from pipeline.engine import loop

@@ -6,8 +6,8 @@ on captions, on the built-in captioned shapestack, scored by the exact oracle an
 
 Each preset (default: gan_int_cls32 gan_int_cls32_minilm stackgan32_text) trains through the
 engine's local context (the real phases and data stream; no Ray, no MLflow) for a wall-clock
-budget; at each mark its checkpointed generator draws one image per caption for n captions that ask for every triple
-equally (pipeline/evaluation/captions.py; scoring time not counted):
+budget; at each mark its checkpointed generator draws one image per caption for n captions that
+ask for every triple equally (pipeline/evaluation/captions.py; scoring time not counted):
   caption_acc        all three glyphs as the caption says (chance: caption_chance beside it)
   caption_glyph_acc  per glyph                        modes / kl  coverage of those n images
   fid                against n real shapestack images (ganforge-small-shapestack: offline, fitted
