@@ -130,6 +130,9 @@ def evaluate(target, metric_names, n, n_real, extractor, inception_weights, data
              truncation, no_ema, device, log) -> int:
     """Score a generator: TARGET is a checkpoint folder (state.pt + meta.json), an MLflow run id,
     or models:/NAME@alias."""
+    from jobs.registry_cli import _cli_env
+
+    _cli_env()      # before mlflow loads: no artifact download bar, no retrying a dead server
     from pipeline.evaluation import metrics
     from pipeline.evaluation.extractors import load_extractor
     from pipeline.evaluation.metrics import collect, reference

@@ -180,13 +180,18 @@ def test_evaluate_run_id_logs_scores_and_protocol(checkpoint_and_shards, small_w
     # The session's default store: a new sqlite file costs ~4 s of schema migrations here.
     uri = tracking.tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # The command itself keeps MLflow's artifact download bar off the terminal (another command in
+    # this process may have set the variable already).
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     client = MlflowClient(uri)
     exp = client.create_experiment(f"evaltest-{uuid.uuid4().hex[:6]}", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(exp).info.run_id
     client.log_artifacts(run_id, str(ckpt), artifact_path="checkpoint")
     rc = cli.main(["evaluate", run_id, "--metrics", "fid,coverage", "--n", "100", "--data", str(shards),
                    "--extractor", str(small_weights[0]), "--device", "cpu", "--log"])
-    assert rc == 0 and f"logged to MLflow run {run_id}" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert rc == 0 and f"logged to MLflow run {run_id}" in out.out
+    assert "Downloading artifacts" not in out.err
     run = client.get_run(run_id)
     assert "eval/ganforge-small-shapestack/fid" in run.data.metrics and "eval/coverage_modes" in run.data.metrics
     assert client.get_metric_history(run_id, "eval/coverage_modes")[0].step == 8
