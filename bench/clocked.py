@@ -54,7 +54,7 @@ def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score
     from jobs.train import builtin_shards
     from pipeline.engine import loop
 
-    cfg = C.load(preset, [*overrides, "train.steps=100000000", "train.checkpoint_every=50",
+    cfg = C.load(preset, [*overrides, "train.steps=100000000", "train.checkpoint_every=50", "eval.every=0",
                           "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1",
                           "scaling.num_workers=1", "data.loader_workers=0"])
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))

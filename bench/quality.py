@@ -96,7 +96,7 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
     preset, *own = arm.split("+")
     # The run ends at the last mark, not at train.steps; checkpoints come often so a mark is
     # scored soon after it passes (a checkpoint is a few ms at these sizes).
-    cfg = C.load(preset, [*overrides, *own, "train.steps=100000000", "train.checkpoint_every=50",
+    cfg = C.load(preset, [*overrides, *own, "train.steps=100000000", "train.checkpoint_every=50", "eval.every=0",
                           "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1"])
     have = training_modes(cfg)
     if have is not None and cfg.data.builtin_samples < 1000 * 5:
