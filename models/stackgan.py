@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import dcgan
-from models.layers import dcgan_init, maybe_sn
-from models.textgan import TextConditionConfig
+from models.layers import dcgan_init
+from models.textgan import TextConditionConfig, TextProjectionD
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,20 +113,10 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: StackGANConfig):
         super().__init__()
-        self.stages = nn.ModuleList(dcgan.Discriminator(cfg.stage_config(r)) for r in (cfg.resolution // 2, cfg.resolution))
-        self.text = None
+        stages = [dcgan.Discriminator(cfg.stage_config(r)) for r in (cfg.resolution // 2, cfg.resolution)]
         if cfg.condition == "text":
-            sn = cfg.spectral_norm
-            self.text = nn.ModuleList(
-                nn.Sequential(maybe_sn(nn.Linear(cfg.sentence_dim, cfg.embed_dim), sn), nn.LeakyReLU(0.2),
-                              maybe_sn(nn.Linear(cfg.embed_dim, d.out.in_features), sn)) for d in self.stages)
-            dcgan_init(self.text)
+            stages = [TextProjectionD(d, cfg.sentence_dim, cfg.embed_dim, cfg.spectral_norm) for d in stages]
+        self.stages = nn.ModuleList(stages)
 
     def forward(self, images, y):
-        if self.text is None:
-            return [d(x, y) for d, x in zip(self.stages, images)]
-        out = []
-        for d, proj, x in zip(self.stages, self.text, images):
-            h = d.features(x).flatten(1)
-            out.append(d.out(h).squeeze(1) + (proj(y) * h).sum(1))
-        return out
+        return [d(x, y) for d, x in zip(self.stages, images)]

@@ -106,14 +106,23 @@ class Generator(nn.Module):
         return self.body(torch.cat([z, self.text(e)], 1))
 
 
-class Discriminator(nn.Module):
-    def __init__(self, cfg: TextGANConfig):
+class TextProjectionD(nn.Module):
+    """D(x, e) on a DCGAN body: its unconditional logit + <proj(e), features(x)>, where proj
+    compresses the sentence embedding e to `hidden` and maps it to the body's feature width (the
+    projection discriminator, as our cGAN's on a class). Also StackGAN's per-stage text D."""
+
+    def __init__(self, body: dcgan.Discriminator, sentence_dim: int, hidden: int, sn: bool):
         super().__init__()
-        self.body = dcgan.Discriminator(dcgan.base_config(cfg, num_classes=0))
-        width, sn = self.body.out.in_features, cfg.spectral_norm
-        self.text = nn.Sequential(_compress(cfg.sentence_dim, cfg.proj_dim, sn), maybe_sn(nn.Linear(cfg.proj_dim, width), sn))
+        self.body = body
+        self.text = nn.Sequential(_compress(sentence_dim, hidden, sn), maybe_sn(nn.Linear(hidden, body.out.in_features), sn))
         dcgan_init(self.text)      # D's projection starts near zero: D first judges realism alone
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         h = self.body.features(x).flatten(1)
         return self.body.out(h).squeeze(1) + (self.text(e) * h).sum(1)     # <proj(e), h>
+
+
+class Discriminator(TextProjectionD):
+    def __init__(self, cfg: TextGANConfig):
+        super().__init__(dcgan.Discriminator(dcgan.base_config(cfg, num_classes=0)), cfg.sentence_dim,
+                         cfg.proj_dim, cfg.spectral_norm)

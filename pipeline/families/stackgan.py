@@ -39,7 +39,7 @@ class StackGAN(StagedFamily):
 
     @property
     def sample_nets(self):
-        return ("G", "T") if self.text and self.text.trained else ("G",)
+        return self.text.with_encoder(("G",)) if self.text else ("G",)
 
     def inputs(self):
         m = self.model
@@ -51,8 +51,8 @@ class StackGAN(StagedFamily):
 
     def optimizer_groups(self):
         out = super().optimizer_groups()
-        if "T" in self.sample_nets:           # the word encoder trains with D, as in GAN-INT-CLS
-            out["D"] = (("D", "T"), out["D"][1])
+        if self.text:
+            out["D"] = (self.text.with_encoder(out["D"][0]), out["D"][1])
         return out
 
     def check_fixed(self, nets, fixed):

@@ -45,6 +45,11 @@ class TextCondition:
     def input(self) -> Caption:
         return Caption(self.m.text_encoder, self.m.buckets, self.m.max_words)
 
+    def with_encoder(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """Network names plus T when the encoder is trained: it is sampled with G and, as in
+        GAN-INT-CLS, trained by D's optimizer."""
+        return (*names, "T") if self.trained else names
+
     def build(self) -> dict:
         return {"T": WordEncoder(self.m.buckets, self.m.word_dim, self.m.sent_dim)} if self.trained else {}
 
@@ -81,7 +86,7 @@ class GANINTCLS(DirectGAN):
 
     @property
     def sample_nets(self):
-        return ("G", "T") if self.text.trained else ("G",)
+        return self.text.with_encoder(("G",))
 
     @property
     def fields(self):
@@ -95,7 +100,7 @@ class GANINTCLS(DirectGAN):
 
     def optimizer_groups(self):
         o = self.cfg.optim
-        return {"G": (("G",), o.g_lr), "D": (("D", "T") if self.text.trained else ("D",), o.d_lr)}
+        return {"G": (("G",), o.g_lr), "D": (self.text.with_encoder(("D",)), o.d_lr)}
 
     def phases(self):
         return [Phase("D", "D", repeat=self.cfg.optim.d_steps_per_g), Phase("G", "G", new_batch=False)]
