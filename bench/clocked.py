@@ -23,12 +23,13 @@ from pipeline.families import generator as GM
 Score = Callable[..., dict]
 
 
-class _Budget(Exception):
-    pass
+class Budget(Exception):
+    """Raised from a report to end the run once the last mark is scored."""
 
 
-class _Clocked(LocalContext):
-    """The local context, scoring the checkpointed networks at each mark of the training clock."""
+class Clocked(LocalContext):
+    """The local context, calling on_score(minutes, metrics, generator) with the checkpointed
+    networks at each mark of the training clock; the time on_score takes is not counted."""
 
     def __init__(self, *a, marks, on_score, **k):
         super().__init__(*a, **k)
@@ -42,10 +43,10 @@ class _Clocked(LocalContext):
         t = time.monotonic()
         while self.marks and self.marks[0] <= at:
             self.marks.pop(0)
-        self.on_score(at, int(metrics["step"]), GM.from_checkpoint(checkpoint_dir))
+        self.on_score(at, metrics, GM.from_checkpoint(checkpoint_dir))
         self.paused += time.monotonic() - t
         if not self.marks:
-            raise _Budget
+            raise Budget
 
 
 def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score,
@@ -60,16 +61,17 @@ def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
     rows = []
 
-    def on_score(minutes, step, gen):
+    def on_score(minutes, metrics, gen):
+        step = int(metrics["step"])
         s = score(gen, n, out / f"{preset}_{minutes:.0f}min.png", extractor)
         rows.append({"preset": preset, "minutes": round(minutes, 2), "step": step, **s})
         print(f"  {preset:<12} {minutes:>6.2f} min  step {step:>6}  " +
               "  ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
 
-    ctx = _Clocked(cfg, work / preset, device, None, True, marks=marks, on_score=on_score)
+    ctx = Clocked(cfg, work / preset, device, None, True, marks=marks, on_score=on_score)
     try:
         loop.run(cfg, ctx, {"urls": urls, "counts": None})
-    except _Budget:
+    except Budget:
         pass
     return rows
 

@@ -28,49 +28,18 @@ import os
 import platform
 import re
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.utils import save_image
 
+from clocked import Budget, Clocked   # the clocked local training run (bench/)
+
 from pipeline import config as C
 from pipeline.data import resolve_shards
 from pipeline.data.datasets import shapestack
-from pipeline.engine.context import LocalContext
 from pipeline.evaluation.metrics.coverage import class_accuracy, mode_coverage
-from pipeline.families import generator as GM
-
-
-class _Budget(Exception):
-    """Raised from a report to end the run once the budget is spent."""
-
-
-class _Clocked(LocalContext):
-    """The local context, scoring the checkpointed generator at each mark on the training clock."""
-
-    def __init__(self, *a, marks: list[float], n: int, on_score, **k):
-        super().__init__(*a, **k)
-        self.marks, self.n, self.on_score = list(marks), n, on_score
-        self.t0, self.paused = time.monotonic(), 0.0
-
-    def minutes(self) -> float:
-        return (time.monotonic() - self.t0 - self.paused) / 60
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        super().report(metrics, checkpoint_dir)
-        if checkpoint_dir is None or not self.marks or self.minutes() < self.marks[0]:
-            return
-        t = time.monotonic()
-        at = self.minutes()
-        while self.marks and self.marks[0] <= at:
-            self.marks.pop(0)
-        G = GM.from_checkpoint(checkpoint_dir)
-        self.on_score(at, metrics, score(G, self.n), G)
-        self.paused += time.monotonic() - t
-        if not self.marks:
-            raise _Budget
 
 
 def score(G, n: int) -> dict:
@@ -104,7 +73,8 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
     rows = []
 
-    def on_score(minutes, metrics, s, G):
+    def on_score(minutes, metrics, G):
+        s = score(G, n)
         # The grid at the latest mark (10 x 10; a conditional G's columns are its classes).
         name = re.sub(r"[^\w.=-]+", "_", arm)
         save_image(G.sample(100, seed=1).float() / 255, out / f"grid_{name}.png", nrow=10)
@@ -121,11 +91,10 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
               flush=True)
 
     from pipeline.engine import loop
-    ctx = _Clocked(cfg, work / arm.replace("/", "_"), device, None, True, marks=marks, n=n,
-                   on_score=on_score)
+    ctx = Clocked(cfg, work / arm.replace("/", "_"), device, None, True, marks=marks, on_score=on_score)
     try:
         loop.run(cfg, ctx, {"urls": urls, "counts": None})
-    except _Budget:
+    except Budget:
         pass
     return rows
 

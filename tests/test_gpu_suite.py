@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # What bench/fetch_wheels.sh brings, what the GPU machine has beside torch, and our own code.
 ALLOWED = {"webdataset", "braceexpand", "pydantic", "pydantic_core", "annotated_types", "typing_inspection",
            "typing_extensions", "yaml", "numpy", "PIL", "models", "pipeline", "jobs",
-           "step_throughput", "data_throughput", "quality"}
+           "step_throughput", "data_throughput", "quality", "clocked"}
 
 
 def test_gpu_suite_tiny_mode(tmp_path):
