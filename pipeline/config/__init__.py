@@ -112,6 +112,16 @@ class OptimConfig:
     # StyleGAN2-ADA's ramp-up: the EMA's half-life, in images, is at most this fraction of the
     # images seen so far (so early on the average follows G), and at most ema_decay's. None: off.
     ema_rampup: float | None = None
+    # Linear lr decay, as pix2pix and CycleGAN train (their second half of epochs): every phase's
+    # lr holds until G step lr_decay_from, then falls linearly to 0 at train.steps. It scales
+    # whatever lr the family set (ProGAN's stage lr, StyleGAN2's lazy correction). None: constant.
+    lr_decay_from: int | None = None
+
+    def lr_scale(self, step: int, steps: int) -> float:
+        """The factor on every lr at G step `step` (1-based) of `steps`."""
+        if self.lr_decay_from is None or step <= self.lr_decay_from:
+            return 1.0
+        return max(0.0, (steps - step + 1) / (steps - self.lr_decay_from + 1))
 
     def __post_init__(self):
         _check(self.g_lr > 0, "optim.g_lr", "must be > 0")
@@ -121,6 +131,7 @@ class OptimConfig:
         _check(0 <= self.ema_decay < 1, "optim.ema_decay", "must be in [0, 1)")
         _check(self.ema_start >= 0, "optim.ema_start", "must be >= 0")
         _check(self.ema_rampup is None or self.ema_rampup > 0, "optim.ema_rampup", "must be > 0 or null")
+        _check(self.lr_decay_from is None or self.lr_decay_from >= 0, "optim.lr_decay_from", "must be >= 0 or null")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -396,6 +407,9 @@ def _cross_check(cfg: Config) -> None:
     if res is not None:
         _check(res == cfg.data.resolution, "data.resolution",
                f"{cfg.data.resolution} differs from model.resolution {res}")
+    decay = cfg.optim.lr_decay_from
+    _check(decay is None or decay < cfg.train.steps, "optim.lr_decay_from",
+           f"{decay} is not before train.steps {cfg.train.steps}: the lr would never decay")
     from pipeline import families
 
     for key, msg in families.of(cfg).config_problems():

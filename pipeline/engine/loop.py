@@ -173,7 +173,18 @@ def run_phase(fam, phase, nets, opts, batch: dict, ctx: Ctx) -> dict:
     opt = opts[phase.optimizer]
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if ctx.lr_scale == 1.0:
+        opt.step()
+        return stats
+    # The decay scales the lr for this step only, so whatever the family keeps in the groups
+    # (ProGAN's stage lr, StyleGAN2's lazy correction) and the checkpointed optimizer state stay
+    # as they are, and a resumed run decays exactly as an unbroken one.
+    lrs = [g["lr"] for g in opt.param_groups]
+    for g in opt.param_groups:
+        g["lr"] *= ctx.lr_scale
     opt.step()
+    for g, lr in zip(opt.param_groups, lrs):
+        g["lr"] = lr
     return stats
 
 
@@ -274,6 +285,7 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
                 if change.batch_size:
                     stream.open(change.batch_size)
             lctx.step, o = step, cfg.optim
+            lctx.lr_scale = o.lr_scale(step, total)
             decay = lambda drawn: ema.decay_at(  # noqa: E731
                 o.ema_decay, o.ema_start, o.ema_rampup, step, images_seen + drawn * world,
                 cfg.train.batch_size * world)
@@ -316,6 +328,8 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
             metrics.update(step=step, images_per_s=imgs / max(dt, 1e-9), skipped_samples=skipped,
                            converted_samples=converted, skipped_shards=shards, shard_retries=retries,
                            images_seen=images_seen, **fam.metrics())
+            if cfg.optim.lr_decay_from is not None:
+                metrics["lr_scale"] = lctx.lr_scale
             stats, t0, stream.images = Stats(), time.perf_counter(), 0
             if stream.bad_keys:
                 log.warning("rank %d skipped bad samples, first: %s", rank, stream.bad_keys[:5])

@@ -68,6 +68,7 @@ class Ctx:
     device: torch.device
     autocast: contextlib.AbstractContextManager | None = None
     phase: Phase | None = None
+    lr_scale: float = 1.0       # optim.lr_decay_from's factor this step, applied at each opt.step
 
     def amp(self):
         return self.autocast if self.autocast is not None else contextlib.nullcontext()
