@@ -38,10 +38,13 @@ class Clocked(LocalContext):
     def report(self, metrics, checkpoint_dir):
         super().report(metrics, checkpoint_dir)
         at = (time.monotonic() - self.t0 - self.paused) / 60
-        if checkpoint_dir is None or not self.marks or at < self.marks[0]:
+        # A run given its own train.steps (an lr decay must know where it ends) may end before
+        # the last mark: its last step is scored then, in place of the marks it did not reach.
+        end = int(metrics["step"]) >= self.cfg.train.steps
+        if checkpoint_dir is None or not self.marks or (at < self.marks[0] and not end):
             return
         t = time.monotonic()
-        while self.marks and self.marks[0] <= at:
+        while self.marks and (self.marks[0] <= at or end):
             self.marks.pop(0)
         self.on_score(at, metrics, GM.from_checkpoint(checkpoint_dir))
         self.paused += time.monotonic() - t
@@ -55,7 +58,8 @@ def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score
     from jobs.train import builtin_shards
     from pipeline.engine import loop
 
-    cfg = C.load(preset, [*overrides, "train.steps=100000000", "train.checkpoint_every=50", "eval.every=0",
+    # The budget ends the run, unless the overrides set train.steps themselves (they come after).
+    cfg = C.load(preset, ["train.steps=100000000", *overrides, "train.checkpoint_every=50", "eval.every=0",
                           "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1",
                           "scaling.num_workers=1", "data.loader_workers=0"])
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
