@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pipeline.data import DataError, RankStream, load_manifest, read_samples, resolve_shards
-from pipeline.data.datasets import BUILTIN, build_builtin, digits, folder, shapestack
+from pipeline.data.datasets import BUILTIN, animals, build_builtin, digits, folder, shapestack
 
 
 def test_generate_is_deterministic_per_seed():
@@ -57,6 +57,20 @@ def test_digits():
     assert [k for k, *_ in items] != [k for k, *_ in digits.samples(24, seed=1)]  # seeded order
 
 
+def test_animals_are_the_packaged_silhouettes_and_a_tiny_set_is_a_prefix_of_a_large_one():
+    images, labels = animals.load()
+    assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
+    tiny, large = list(animals.samples(256, 32)), list(animals.samples(20_000, 32))
+    assert len(large) == 10000 and [k for k, *_ in tiny] == [k for k, *_ in large[:256]]
+    key, img, label = tiny[0]
+    i = int(key.removeprefix("animal"))
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8 and label == labels[i]
+    assert (img[..., 0] == img[..., 1]).all() and img.max() > 200 and img[0, 0, 0] == 0  # white on black
+    # the 28 px silhouette itself, resized: downsampled back it matches the packaged image
+    back = Image.fromarray(img[..., 0]).resize((28, 28), Image.BILINEAR)
+    assert np.abs(np.asarray(back, np.int16) - images[i]).mean() < 12
+
+
 def _save(path, array, fmt):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, fmt)
@@ -99,7 +113,7 @@ def test_folder(tmp_path):
 
 def test_build_builtin(tmp_path):
     assert set(BUILTIN) == {"shapestack", "digits", "shapepairs", "shapeunpaired", "shapestyles",
-                            "shapecaptions"}
+                            "shapecaptions", "animals"}
     m = build_builtin("shapestack", tmp_path / "s", resolution=16, n=300, shard_size=128, seed=1)
     assert m["samples"] == 300 and [s["count"] for s in m["shards"]] == [128, 128, 44]
     assert m["classes"] == shapestack.CLASSES

@@ -44,7 +44,7 @@ class DataConfig:
     # (local paths, file://, http(s)://, s3://, gs://, pipe:). None means the built-in dataset below, whose
     # shards are written under $GANFORGE_HOME/data on first use.
     shards: str | None = None
-    builtin: Literal["shapestack", "digits", "shapepairs", "shapeunpaired", "shapestyles", "shapecaptions"] = "shapestack"
+    builtin: Literal["shapestack", "digits", "shapepairs", "shapeunpaired", "shapestyles", "shapecaptions", "animals"] = "shapestack"
     builtin_samples: int = 4096          # images written when the built-in dataset is built
     builtin_shard_size: int = 512         # samples per shard for the built-in dataset
     resolution: int = 32                  # px; images are resized/cropped to this square size
