@@ -5,6 +5,8 @@ Two kinds, told apart by name everywhere a score is recorded:
   are comparable with published FIDs.
 - "ganforge-small-shapestack": a small CNN the project trains on built-in shapestack
   (`ganforge fit-extractor`). Offline and fast; its scores compare only with each other.
+- "ganforge-small-animals": the same network trained on built-in animals
+  (`ganforge fit-extractor --data animals`), for FID on real silhouettes.
 """
 from __future__ import annotations
 
@@ -60,9 +62,11 @@ def load_extractor(name_or_path: str, *, weights: str | None = None, device="cpu
         ex = inception.load(random_weights=True)
     elif key in (small.NAME, "small"):
         ex = small.load(weights)
+    elif key in (small.NAMES["animals"], "small-animals"):
+        ex = small.load(weights, data="animals")
     elif Path(key).is_file():
         ex = inception.load(key) if Path(key).name == inception.WEIGHTS_FILE else small.load(key)
     else:
-        raise ValueError(f"unknown extractor {name_or_path!r}: use {inception.NAME}, {small.NAME}, "
+        raise ValueError(f"unknown extractor {name_or_path!r}: use {inception.NAME}, {small.NAME}, {small.NAMES['animals']}, "
                          f"inception-random, or a weights file path")
     return ex.to(device)
