@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -54,25 +55,28 @@ class Clocked(LocalContext):
 
 def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score,
         extractor=None) -> list[dict]:
-    """Train `preset` for the marks' minutes; -> a row per mark, with score's figures."""
+    """Train `preset` for the marks' minutes; -> a row per mark, with score's figures. `preset`
+    may carry its own overrides after `+` (an arm: PRESET+key=value+...)."""
     from jobs.train import builtin_shards
     from pipeline.engine import loop
 
+    name, *own = preset.split("+")
     # The budget ends the run, unless the overrides set train.steps themselves (they come after).
-    cfg = C.load(preset, ["train.steps=100000000", *overrides, "train.checkpoint_every=50", "eval.every=0",
+    cfg = C.load(name, ["train.steps=100000000", *overrides, *own, "train.checkpoint_every=50", "eval.every=0",
                           "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1",
                           "scaling.num_workers=1", "data.loader_workers=0"])
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
-    rows = []
+    rows, safe = [], re.sub(r"[^\w.=-]+", "_", preset)     # for file names
 
     def on_score(minutes, metrics, gen):
         step = int(metrics["step"])
-        s = score(gen, n, out / f"{preset}_{minutes:.0f}min.png", extractor)
+        s = score(gen, n, out / f"{safe}_{minutes:.0f}min.png", extractor)
+        s.update({k: metrics[k] for k in ("aug_p",) if k in metrics})     # ADA's p where it runs
         rows.append({"preset": preset, "minutes": round(minutes, 2), "step": step, **s})
         print(f"  {preset:<12} {minutes:>6.2f} min  step {step:>6}  " +
               "  ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
 
-    ctx = Clocked(cfg, work / preset, device, None, True, marks=marks, on_score=on_score)
+    ctx = Clocked(cfg, work / safe, device, None, True, marks=marks, on_score=on_score)
     try:
         loop.run(cfg, ctx, {"urls": urls, "counts": None})
     except Budget:
@@ -80,16 +84,17 @@ def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score
     return rows
 
 
-def main(doc: str, presets: list[str], score: Score, *, n_help: str, out: str, fid: bool = False,
-         label: Callable[[str], str] = str) -> list[dict]:
+def main(doc: str, presets: list[str], score: Score, *, n_help: str, out: str, fid: bool | str = False,
+         label: Callable[[str], str] = str, sets: list[str] = ()) -> list[dict]:
     """The benchmark's command line: train each preset, score it at the marks, print the table
-    (columns named by `label`). fid: fit or load ganforge-small-shapestack (offline) for score."""
+    (columns named by `label`). fid: fit or load ganforge-small-shapestack (offline) for score,
+    or the small extractor of that built-in set (fid="animals"). sets: default --set overrides."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("presets", nargs="*", default=presets)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--at", default="1,2,5,10")
     ap.add_argument("--n", type=int, default=1000, help=n_help)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--set", action="append", default=list(sets), metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=out, help="grids: PRESET_Mmin.png")
@@ -103,9 +108,10 @@ def main(doc: str, presets: list[str], score: Score, *, n_help: str, out: str, f
     if fid:
         from pipeline.evaluation.extractors import small
 
-        if not small.default_path().is_file():
-            small.fit()
-        extractor = small.load()
+        data = fid if isinstance(fid, str) else "shapestack"
+        if not small.default_path(data).is_file():
+            small.fit(data=data)
+        extractor = small.load(data=data)
     print(f"machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), torch "
           f"{torch.__version__}, {a.threads} threads, device {a.device}, load average "
           f"{os.getloadavg()[0]:.1f} before the runs" + (f"; FID extractor {extractor.name}" if fid else ""))
@@ -113,7 +119,7 @@ def main(doc: str, presets: list[str], score: Score, *, n_help: str, out: str, f
     with tempfile.TemporaryDirectory() as td:
         for p in a.presets:
             rows += run(p, a.set, marks, a.n, a.device, Path(td), outdir, score, extractor)
-    keys = [k for k in rows[0] if k not in ("preset", "minutes", "step")]
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("preset", "minutes", "step")]
     w = max(12, *(len(label(k)) + 2 for k in keys))
     pw = max(len(p) for p in a.presets) + 2
     print(f"\n{'preset':<{pw}}{'minutes':>8}{'step':>7}" + "".join(f"{label(k):>{w}}" for k in keys))
