@@ -101,15 +101,16 @@ def _gate(x, p):
 
 
 class ADA(Identity):
-    """stylegan2-ada's 'bgc' pipeline: x-flip, 90-degree rotation, integer translation (1/8 of
+    """stylegan2-ada's 'bgc' pipeline ('bg': its geometric half only): x-flip, 90-degree rotation, integer translation (1/8 of
     the size, reflected), isotropic scaling and rotation (one bilinear grid_sample with reflection
     padding), then brightness, contrast, luma flip, hue rotation and saturation as one colour
     matrix. Each transform is drawn per sample with probability p; untouched samples pass through
     exactly (torch.where), and p = 0 returns the input itself."""
 
-    def __init__(self, target: float, speed_kimg: float, p: float = 0.0, p_max: float = 1.0):
+    def __init__(self, target: float, speed_kimg: float, p: float = 0.0, p_max: float = 1.0,
+                 pipeline: str = "bgc"):
         self.target, self.speed, self.p, self.p_max = target, speed_kimg * 1000, float(p), p_max
-        self.sign = float("nan")
+        self.sign, self.color = float("nan"), pipeline == "bgc"
 
     def update(self, sign, images):
         """p += sign(r_t - target) * images / (speed_kimg * 1000), clamped to [0, p_max]."""
@@ -132,7 +133,8 @@ class ADA(Identity):
     def __call__(self, x):
         if self.p <= 0:
             return x
-        return self._color(self._geometric(x))
+        x = self._geometric(x)
+        return self._color(x) if self.color else x
 
     def _geometric(self, x):
         n, _, h, w = x.shape
@@ -222,4 +224,4 @@ def build(aug) -> Identity:
         return Identity()
     if aug.kind == "diffaugment":
         return DiffAugment(aug.policy)
-    return ADA(aug.ada_target, aug.ada_speed_kimg, aug.ada_p_init, aug.ada_p_max)
+    return ADA(aug.ada_target, aug.ada_speed_kimg, aug.ada_p_init, aug.ada_p_max, aug.ada_pipeline)

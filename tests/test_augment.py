@@ -23,8 +23,8 @@ def _x():
 
 
 @pytest.mark.parametrize("op", [A.color, A.translation, A.cutout, A.DiffAugment("color,translation,cutout"),
-                                A.ADA(0.6, 500, p=1.0), A.ADA(0.6, 500, p=0.5)],
-                         ids=["color", "translation", "cutout", "diffaugment", "ada_p1", "ada_p05"])
+                                A.ADA(0.6, 500, p=1.0), A.ADA(0.6, 500, p=0.5), A.ADA(0.6, 500, p=1.0, pipeline="bg")],
+                         ids=["color", "translation", "cutout", "diffaugment", "ada_p1", "ada_p05", "ada_bg"])
 def test_differentiable_and_in_range(op):
     x = _x()
     y = op(x)
@@ -38,6 +38,21 @@ def test_ada_p0_is_identity():
     x = _x()
     assert A.ADA(0.6, 500, p=0.0)(x) is x
     assert torch.equal(A.ADA(0.6, 500, p=1e-12)(x), x)     # nothing drawn: every sample untouched
+
+
+def test_ada_bg_pipeline_moves_pixels_but_never_changes_colours():
+    # Geometric transforms only permute and resample pixels: a grey image stays grey, and an
+    # image of one colour keeps that colour everywhere (bgc's luma flip would invert it).
+    torch.manual_seed(0)
+    flat = torch.full((64, 3, 16, 16), 0.8)
+    assert torch.allclose(A.ADA(0.6, 500, p=1.0, pipeline="bg")(flat), flat)
+    assert not torch.allclose(A.ADA(0.6, 500, p=1.0)(flat), flat)                     # bgc recolours
+    grey = (torch.rand(8, 1, 16, 16) * 2 - 1).expand(-1, 3, -1, -1)
+    y = A.ADA(0.6, 500, p=1.0, pipeline="bg")(grey)
+    assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2]) and not torch.equal(y, grey)
+    assert A.build(C.load("smoke", ["aug.kind=ada", "aug.ada_pipeline=bg"]).aug).color is False
+    with pytest.raises(C.ConfigError, match="aug.ada_pipeline"):
+        C.load("smoke", ["aug.ada_pipeline=bgcfn"])
 
 
 def test_diffaugment_goes_over_reals_and_fakes(monkeypatch):

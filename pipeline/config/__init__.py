@@ -226,6 +226,10 @@ class AugConfig:
     ada_speed_kimg: float = 500.0  # thousand images for p to move by 1 (stylegan2-ada's ada_kimg); > 0
     ada_p_init: float = 0.0       # p at the start of a fresh run, in [0, ada_p_max]
     ada_p_max: float = 1.0        # p never exceeds this, in [0, 1]
+    # stylegan2-ada's --augpipe: bgc (geometric then colour, its default) or bg (geometric only).
+    # bg for images whose colours are the data: on white-on-black silhouettes bgc's luma flip
+    # leaked, G drawing inverted animals at p 0.06 (README "Augmentation on a tiny set").
+    ada_pipeline: Literal["bgc", "bg"] = "bgc"
 
     def __post_init__(self):
         ops = [p.strip() for p in self.policy.split(",") if p.strip()]
