@@ -164,11 +164,14 @@ def checkpoint_and_shards(tmp_path_factory):
 def test_fit_extractor_command(tmp_path, capsys, monkeypatch):
     from jobs import cli
 
-    data = small._data
-    monkeypatch.setattr(small, "_data", lambda n, seed: data(min(n, 384), seed))  # wiring, not accuracy
+    real = small._data
+    monkeypatch.setattr(small, "_data", lambda n, seed, data: real(min(n, 384), seed, data))  # wiring, not accuracy
 
     assert cli.main(["fit-extractor", "--out", str(tmp_path / "x.pt"), "--steps", "5"]) == 0
     assert "ganforge-small-shapestack" in capsys.readouterr().out and (tmp_path / "x.json").is_file()
+    assert cli.main(["fit-extractor", "--data", "animals", "--out", str(tmp_path / "a.pt"), "--steps", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "ganforge-small-animals" in out and "held-out animal accuracy" in out
 
 
 def test_evaluate_command_on_a_checkpoint_folder(checkpoint_and_shards, small_weights, capsys):
