@@ -236,3 +236,14 @@ def test_evaluate_registered_generator_folder(checkpoint_and_shards, small_weigh
     assert cli.main(["evaluate", str(tmp_path / "gen"), "--metrics", "coverage", "--n", "50",
                      "--device", "cpu"]) == 0
     assert "eval/coverage_modes" in capsys.readouterr().out
+
+
+def test_in_loop_eval_fits_the_animals_extractor_it_is_given_when_missing(tmp_path):
+    from pipeline import config as C
+    from pipeline.evaluation.in_loop import _extractor_weights
+
+    weights = tmp_path / "animals.pt"
+    cfg = C.load("quickstart", ["data.builtin=animals", "eval.every=100", "eval.metrics=[fid]",
+                                "eval.extractor=small-animals", f"eval.inception_weights={weights}"])
+    assert _extractor_weights(cfg) == str(weights)
+    assert load_extractor(cfg.eval.extractor, weights=str(weights)).name == "ganforge-small-animals"

@@ -16,12 +16,13 @@ def _extractor_weights(cfg: C.Config) -> str | None:
     from pipeline.evaluation.extractors import small
 
     e = cfg.eval
-    if e.extractor in (small.NAME, "small"):
-        path = Path(e.inception_weights or small.default_path())
-        if not path.is_file():
-            print(f"[ganforge] fitting the offline feature extractor {small.NAME} -> {path}", flush=True)
-            small.fit(out_path=path)
-        return str(path)
+    for data, name in small.NAMES.items():
+        if e.extractor in (name, "small" if data == "shapestack" else f"small-{data}"):
+            path = Path(e.inception_weights or small.default_path(data))
+            if not path.is_file():
+                print(f"[ganforge] fitting the offline feature extractor {name} -> {path}", flush=True)
+                small.fit(out_path=path, data=data)
+            return str(path)
     return e.inception_weights
 
 
