@@ -16,14 +16,14 @@ def _extractor_weights(cfg: C.Config) -> str | None:
     from pipeline.evaluation.extractors import small
 
     e = cfg.eval
-    for data, name in small.NAMES.items():
-        if e.extractor in (name, "small" if data == "shapestack" else f"small-{data}"):
-            path = Path(e.inception_weights or small.default_path(data))
-            if not path.is_file():
-                print(f"[ganforge] fitting the offline feature extractor {name} -> {path}", flush=True)
-                small.fit(out_path=path, data=data)
-            return str(path)
-    return e.inception_weights
+    data = small.data_for(e.extractor)
+    if data is None:
+        return e.inception_weights
+    path = Path(e.inception_weights or small.default_path(data))
+    if not path.is_file():
+        print(f"[ganforge] fitting the offline feature extractor {small.NAMES[data]} -> {path}", flush=True)
+        small.fit(out_path=path, data=data)
+    return str(path)
 
 
 def _needs_extractor(cfg: C.Config) -> bool:

@@ -60,10 +60,8 @@ def load_extractor(name_or_path: str, *, weights: str | None = None, device="cpu
         ex = inception.load(weights)
     elif key == "inception-random":
         ex = inception.load(random_weights=True)
-    elif key in (small.NAME, "small"):
-        ex = small.load(weights)
-    elif key in (small.NAMES["animals"], "small-animals"):
-        ex = small.load(weights, data="animals")
+    elif small.data_for(key):
+        ex = small.load(weights, data=small.data_for(key))
     elif Path(key).is_file():
         ex = inception.load(key) if Path(key).name == inception.WEIGHTS_FILE else small.load(key)
     else:

@@ -27,6 +27,15 @@ from pipeline.evaluation.extractors import Extractor
 NAME = "ganforge-small-shapestack"
 NAMES = {"shapestack": NAME, "animals": "ganforge-small-animals"}
 HEADS = {"shapestack": 3, "animals": 1}      # 10-way heads: a glyph per channel, or the animal
+
+
+def data_for(name: str) -> str | None:
+    """The built-in set a small-extractor name or alias reads ("small", "small-animals", a full
+    name), or None when the name is not one of them."""
+    for data, full in NAMES.items():
+        if name in (full, "small" if data == "shapestack" else f"small-{data}"):
+            return data
+    return None
 SIZE = 32
 RESIZE = f"bilinear-antialias-{SIZE}"
 FEATURES = 256
