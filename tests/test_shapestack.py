@@ -128,3 +128,13 @@ def test_build_builtin(tmp_path):
     assert d["samples"] == 1797 and load_manifest(tmp_path / "d")["num_classes"] == 10
     with pytest.raises(DataError, match="unknown built-in"):
         build_builtin("mnist", tmp_path / "m", resolution=16, n=1, shard_size=1)
+
+
+def test_animals_names_an_unreadable_package_file(monkeypatch, tmp_path):
+    # A broken install (a truncated data file): a DataError naming the file and the fix, at once.
+    folder = tmp_path / "data" / "Animal Shape"
+    folder.mkdir(parents=True)
+    (folder / "animal_data_version_3.gz").write_bytes(b"\x1f\x8b not really gzip")
+    monkeypatch.setattr(animals.resources, "files", lambda package: tmp_path)
+    with pytest.raises(DataError, match=r"animal_data_version_3\.gz.*force-reinstall"):
+        animals.load()

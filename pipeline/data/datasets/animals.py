@@ -33,8 +33,13 @@ def load() -> tuple[np.ndarray, np.ndarray]:
     for name in _FILES:
         # The package's own format: numpy arrays pickled and gzipped (its loader does the same,
         # behind a tensorflow import we do not want).
-        with resources.as_file(root / name) as path, gzip.open(path, "rb") as f:
-            arrays.append(np.asarray(pickle.load(f)))
+        try:
+            with resources.as_file(root / name) as path, gzip.open(path, "rb") as f:
+                arrays.append(np.asarray(pickle.load(f)))
+        except Exception as e:      # missing, truncated or not a pickle: name the file
+            raise DataError(f"animal-shape-mnist: cannot read {root / name} ({type(e).__name__}: "
+                            f"{str(e)[:120]}); reinstall: pip install --force-reinstall "
+                            f"animal-shape-mnist==0.39") from None
     images, labels = arrays
     if images.shape != (10000, 28, 28) or labels.shape != (10000,):
         raise DataError(f"animal-shape-mnist: expected 10000 28x28 images and labels, got "
@@ -46,8 +51,9 @@ def samples(n: int, resolution: int, seed: int = 0) -> Iterator[tuple[str, np.nd
     """(key, HxWx3 uint8 image, class) for the first n of a seeded order (all 10,000 at most);
     keys name the original index, so a tiny set is a prefix of a larger one."""
     images, labels = load()
-    grey = torch.from_numpy(images).float()[:, None]
+    order = np.random.default_rng(seed).permutation(len(images))[:n]   # resize only those taken
+    grey = torch.from_numpy(images[order]).float()[:, None]
     big = F.interpolate(grey, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     rgb = big.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
-    for i in np.random.default_rng(seed).permutation(len(rgb))[:n]:
-        yield f"animal{i:05d}", np.ascontiguousarray(rgb[i]), int(labels[i])
+    for j, i in enumerate(order):
+        yield f"animal{i:05d}", np.ascontiguousarray(rgb[j]), int(labels[i])
