@@ -116,7 +116,7 @@ def quickstart(overrides, dry_run, address, verbose) -> int:
 @click.option("--pairs", nargs=2, metavar="SOURCE_DIR TARGET_DIR",
               help="paired data (pix2pix): one sample per file name found in both folders (source.png "
                    "+ target.png); files without a partner are listed in OUT/rejected.txt")
-@click.option("--builtin", type=click.Choice(["shapestack", "digits", "shapepairs", "shapeunpaired", "shapestyles", "shapecaptions", "animals"]))
+@click.option("--builtin", type=click.Choice(C.BUILTIN_NAMES))
 @click.option("--out", required=True)
 @click.option("--resolution", type=int, default=32)
 @click.option("--n", type=int, default=10000, help="samples (--builtin; digits has 1797)")

@@ -146,3 +146,14 @@ def test_models_import_without_pydantic():
             "assert 'pydantic' not in sys.modules, 'models imported pydantic'")
     root = Path(C.__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_builtin_names_are_the_datasets_and_the_cli_choice():
+    # One list: data.builtin's type, `ganforge shards --builtin` and the dataset registry.
+    from pipeline.data.datasets import BUILTIN
+
+    assert C.BUILTIN_NAMES == tuple(BUILTIN)
+    choice = next(p for p in cli.ganforge.commands["shards"].params if p.name == "builtin").type.choices
+    assert tuple(choice) == tuple(BUILTIN)
+    with pytest.raises(C.ConfigError, match="data.builtin"):
+        C.load("quickstart", ["data.builtin=mnist"])

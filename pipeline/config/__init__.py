@@ -38,13 +38,19 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+# The built-in datasets, the keys of pipeline.data.datasets.BUILTIN (a test checks they agree); the
+# `ganforge shards --builtin` choice reads them from here too.
+BuiltinName = Literal["shapestack", "digits", "animals", "shapepairs", "shapeunpaired", "shapestyles", "shapecaptions"]
+BUILTIN_NAMES: tuple[str, ...] = typing.get_args(BuiltinName)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     # Shards to read: a manifest.json, a folder holding one, or a brace pattern / URL list
     # (local paths, file://, http(s)://, s3://, gs://, pipe:). None means the built-in dataset below, whose
     # shards are written under $GANFORGE_HOME/data on first use.
     shards: str | None = None
-    builtin: Literal["shapestack", "digits", "shapepairs", "shapeunpaired", "shapestyles", "shapecaptions", "animals"] = "shapestack"
+    builtin: BuiltinName = "shapestack"
     builtin_samples: int = 4096          # images written when the built-in dataset is built
     builtin_shard_size: int = 512         # samples per shard for the built-in dataset
     resolution: int = 32                  # px; images are resized/cropped to this square size
