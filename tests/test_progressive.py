@@ -68,7 +68,7 @@ def _worker(rank: int, world: int, port: int, q) -> None:
     G, D, G_ema, opts = _setup(cfg)
     grow = progressive.Growth(cfg, (G, D, G_ema), opts)
     grow.advance(0)
-    wrap = lambda m: DDP(m, broadcast_buffers=False)     # noqa: E731  the loop's prepare_model
+    wrap = lambda m: DDP(m, forward_sync_buffers=False)     # noqa: E731  the loop's prepare_model
     Gw, Dw = wrap(G), wrap(D)
     fam = families.of(cfg)
     torch.manual_seed(1 + rank)                           # different data and noise per rank
