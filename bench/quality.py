@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from clocked import Budget, Clocked   # the clocked local training run (bench/)
+from clocked import Budget, Clocked, standing_off_clock   # the clocked local training run (bench/)
 
 from pipeline import config as C
 from pipeline.data import resolve_shards
@@ -73,6 +73,7 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
     # is scored soon after it passes (a checkpoint is a few ms at these sizes).
     cfg = C.load(preset, ["train.steps=100000000", *overrides, *own, "train.checkpoint_every=50", "eval.every=0",
                           "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1"])
+    cfg, standing = standing_off_clock(cfg)
     have = training_modes(cfg)
     if have is not None and cfg.data.builtin_samples < 1000 * 5:
         print(f"  {arm}: the {cfg.data.builtin_samples} training images hold {have} of the 1000 modes", flush=True)
@@ -97,7 +98,8 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
               flush=True)
 
     from pipeline.engine import loop
-    ctx = Clocked(cfg, work / arm.replace("/", "_"), device, None, True, marks=marks, on_score=on_score)
+    ctx = Clocked(cfg, work / arm.replace("/", "_"), device, None, True, marks=marks, on_score=on_score,
+                  standing=standing)
     try:
         loop.run(cfg, ctx, {"urls": urls, "counts": None})
     except Budget:

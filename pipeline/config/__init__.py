@@ -118,6 +118,11 @@ class OptimConfig:
     # StyleGAN2-ADA's ramp-up: the EMA's half-life, in images, is at most this fraction of the
     # images seen so far (so early on the average follows G), and at most ema_decay's. None: off.
     ema_rampup: float | None = None
+    # BigGAN's standing statistics: before an EMA generator is checkpointed, evaluated or drawn
+    # in a grid, its BatchNorm statistics are recomputed from this many of its own samples
+    # (otherwise they are the live G's, which has other weights). 0: off. About one G forward
+    # of that many samples per checkpoint. Not for translation families (no samples of their own).
+    ema_bn_samples: int = 0
     # Linear lr decay, as pix2pix and CycleGAN train (their second half of epochs): every phase's
     # lr holds until G step lr_decay_from, then falls linearly to 0 at train.steps. It scales
     # whatever lr the family set (ProGAN's stage lr, StyleGAN2's lazy correction). None: constant.
@@ -136,6 +141,7 @@ class OptimConfig:
         _check(self.d_steps_per_g >= 1, "optim.d_steps_per_g", "must be >= 1")
         _check(0 <= self.ema_decay < 1, "optim.ema_decay", "must be in [0, 1)")
         _check(self.ema_start >= 0, "optim.ema_start", "must be >= 0")
+        _check(self.ema_bn_samples >= 0, "optim.ema_bn_samples", "must be >= 0 (0 = off)")
         _check(self.ema_rampup is None or self.ema_rampup > 0, "optim.ema_rampup", "must be > 0 or null")
         _check(self.lr_decay_from is None or self.lr_decay_from >= 0, "optim.lr_decay_from", "must be >= 0 or null")
 

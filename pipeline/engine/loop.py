@@ -211,6 +211,7 @@ def train_step(fam, phases, wrapped, opts, emas, nets, next_batch, lctx: Ctx, st
 def build(cfg: C.Config, device, nhwc: bool = False):
     """The family, its networks on `device`, their EMA copies and the optimizers."""
     fam = families.of(cfg)
+    ema.check_standing(fam, cfg.optim.ema_bn_samples)
     fmt = torch.channels_last if nhwc else torch.preserve_format
     nets = {k: m.to(device, memory_format=fmt) for k, m in fam.build().items()}
     emas = {k: copy.deepcopy(nets[k]).eval().requires_grad_(False) for k in fam.ema}
@@ -336,6 +337,11 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
                 stream.bad_keys = []
             positions = ctx.gather(stream.position)
             eval_due = evaluator is not None and evaluator.due(step, last)
+            grid_due = rank == 0 and (bool(cfg.train.sample_every and step % cfg.train.sample_every == 0) or last)
+            if cfg.optim.ema_bn_samples and (ckpt_due or eval_due or grid_due):
+                # The next update() copies the live BN buffers back: these serve this step only.
+                ema.standing_stats(fam, {k: emas.get(k, nets[k]) for k in fam.sample_nets}, emas,
+                                   cfg.optim.ema_bn_samples, seed=cfg.train.seed)
             rngs = ctx.gather(checkpoint.rng_state()) if ckpt_due or eval_due else None
             state = lambda: checkpoint.pack(  # noqa: E731
                 step=step, images_seen=images_seen, nets=nets, emas=emas, opts=opts,
@@ -351,7 +357,7 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
                 ckpt_dir = None
                 if rank == 0:
                     tracker.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
-                    if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or last:
+                    if grid_due:
                         last_grid = _grid(tracker, fam, {k: emas.get(k, nets[k]) for k in fam.sample_nets},
                                           step, cfg, grid_seed, batch)
                     if ckpt_due:
