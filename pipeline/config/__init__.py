@@ -121,7 +121,8 @@ class OptimConfig:
     # BigGAN's standing statistics: before an EMA generator is checkpointed, evaluated or drawn
     # in a grid, its BatchNorm statistics are recomputed from this many of its own samples
     # (otherwise they are the live G's, which has other weights). 0: off. About one G forward
-    # of that many samples per checkpoint. Not for translation families (no samples of their own).
+    # of that many samples per checkpoint, grid or evaluation. Refused for translation families
+    # (no samples of their own).
     ema_bn_samples: int = 0
     # Linear lr decay, as pix2pix and CycleGAN train (their second half of epochs): every phase's
     # lr holds until G step lr_decay_from, then falls linearly to 0 at train.steps. It scales

@@ -5,7 +5,6 @@ import torch
 import torch.nn as nn
 
 from pipeline.families import sampling
-from pipeline.families.spec import SourceImage
 
 
 @torch.no_grad()
@@ -33,14 +32,6 @@ def decay_at(decay: float, start: int, rampup: float | None, step: int, images_s
     return min(decay, 0.5 ** (step_images / max(rampup * images_seen, 1e-8)))
 
 
-def check_standing(family, n: int) -> None:
-    """Refuse optim.ema_bn_samples where the averaged networks cannot draw samples of their own."""
-    if n and any(isinstance(s, SourceImage) for s in family.inputs().values()):
-        raise ValueError(f"optim.ema_bn_samples: {family.name} translates images, so its averaged "
-                         "networks have no samples of their own to recompute BatchNorm statistics "
-                         "from; set it to 0")
-
-
 @torch.no_grad()
 def standing_stats(family, nets: dict, averaged, n: int, seed: int = 0, batch: int = 256) -> None:
     """BigGAN's standing statistics (Brock et al. 2019): reset the BatchNorm running statistics
@@ -50,16 +41,16 @@ def standing_stats(family, nets: dict, averaged, n: int, seed: int = 0, batch: i
     update() copies BN buffers from the live networks, so an EMA generator normalises its
     activations with statistics of other weights; these are its own. On pacgan32's coverage the
     effect is small and not always a gain (README "Mode coverage"). Only those BN layers run in
-    training mode, so
-    spectral-norm vectors, live networks' statistics and anything else mode-dependent stay as
-    they are. The same seed draws the same inputs every time, so every rank computes the same
-    statistics."""
+    training mode, so spectral-norm vectors, live networks' statistics and anything else
+    mode-dependent (StyleGAN2's fixed noise) stay as they are. The same seed draws the same
+    inputs every time, so every rank computes the same statistics. Translation families have no
+    samples of their own: their config_problems refuse the option."""
     bns = [m for k in averaged if k in nets for m in nets[k].modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or n < 1:
         return
     modules = list(nets.values())
-    saved = [m.training for m in modules] + [m.momentum for m in bns]
+    modes, momenta = [m.training for m in modules], [m.momentum for m in bns]
     device = next(modules[0].parameters()).device
     try:
         for m in modules:
@@ -73,7 +64,7 @@ def standing_stats(family, nets: dict, averaged, n: int, seed: int = 0, batch: i
             x = sampling.inputs(specs, lo, min(n, lo + batch), seed=seed)
             family.generate(nets, {k: v.to(device) for k, v in x.items()})
     finally:
-        for m, training in zip(modules, saved):
+        for m, training in zip(modules, modes):
             m.train(training)         # restores every submodule's mode, the BN layers' too
-        for m, momentum in zip(bns, saved[len(modules):]):
+        for m, momentum in zip(bns, momenta):
             m.momentum = momentum

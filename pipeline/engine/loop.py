@@ -211,7 +211,6 @@ def train_step(fam, phases, wrapped, opts, emas, nets, next_batch, lctx: Ctx, st
 def build(cfg: C.Config, device, nhwc: bool = False):
     """The family, its networks on `device`, their EMA copies and the optimizers."""
     fam = families.of(cfg)
-    ema.check_standing(fam, cfg.optim.ema_bn_samples)
     fmt = torch.channels_last if nhwc else torch.preserve_format
     nets = {k: m.to(device, memory_format=fmt) for k, m in fam.build().items()}
     emas = {k: copy.deepcopy(nets[k]).eval().requires_grad_(False) for k in fam.ema}

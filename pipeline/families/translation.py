@@ -64,6 +64,9 @@ class Translator(Family):
                         f"families (their D sees image pairs or domains); use none"))
         if self.cfg.loss.mode_seeking_weight > 0:
             out.append(("loss.mode_seeking_weight", "translation families do not apply it; use 0"))
+        if self.cfg.optim.ema_bn_samples:
+            out.append(("optim.ema_bn_samples", f"{self.name} translates images, so its averaged networks "
+                        "have no samples of their own to recompute BatchNorm statistics from; set it to 0"))
         if self.cfg.eval.every:
             out.append(("eval.every", "translators are not evaluated in the loop; set 0 and score a "
                         "trained one with bench/quality_translation.py or pipeline.evaluation.translation"))
