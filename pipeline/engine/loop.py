@@ -337,10 +337,10 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
             positions = ctx.gather(stream.position)
             eval_due = evaluator is not None and evaluator.due(step, last)
             grid_due = rank == 0 and (bool(cfg.train.sample_every and step % cfg.train.sample_every == 0) or last)
+            averaged = {k: emas.get(k, nets[k]) for k in fam.sample_nets}   # what grids and checkpoints draw
             if cfg.optim.ema_bn_samples and (ckpt_due or eval_due or grid_due):
                 # The next update() copies the live BN buffers back: these serve this step only.
-                ema.standing_stats(fam, {k: emas.get(k, nets[k]) for k in fam.sample_nets}, emas,
-                                   cfg.optim.ema_bn_samples, seed=cfg.train.seed)
+                ema.standing_stats(fam, averaged, emas, cfg.optim.ema_bn_samples, seed=cfg.train.seed)
             rngs = ctx.gather(checkpoint.rng_state()) if ckpt_due or eval_due else None
             state = lambda: checkpoint.pack(  # noqa: E731
                 step=step, images_seen=images_seen, nets=nets, emas=emas, opts=opts,
@@ -357,8 +357,7 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
                 if rank == 0:
                     tracker.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
                     if grid_due:
-                        last_grid = _grid(tracker, fam, {k: emas.get(k, nets[k]) for k in fam.sample_nets},
-                                          step, cfg, grid_seed, batch)
+                        last_grid = _grid(tracker, fam, averaged, step, cfg, grid_seed, batch)
                     if ckpt_due:
                         checkpoint.save(state(), td, meta={"model": config_dict["model"]["name"],
                                                            "images_seen": images_seen, **fam.metrics()})
