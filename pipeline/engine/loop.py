@@ -337,7 +337,7 @@ def run(cfg: C.Config, ctx, data: dict, eval_prepared: dict | None = None) -> di
             positions = ctx.gather(stream.position)
             eval_due = evaluator is not None and evaluator.due(step, last)
             grid_due = rank == 0 and (bool(cfg.train.sample_every and step % cfg.train.sample_every == 0) or last)
-            averaged = {k: emas.get(k, nets[k]) for k in fam.sample_nets}   # what grids and checkpoints draw
+            averaged = {k: emas.get(k, nets[k]) for k in fam.sample_nets}   # what the grid and the standing pass draw
             if cfg.optim.ema_bn_samples and (ckpt_due or eval_due or grid_due):
                 # The next update() copies the live BN buffers back: these serve this step only.
                 ema.standing_stats(fam, averaged, emas, cfg.optim.ema_bn_samples, seed=cfg.train.seed)
