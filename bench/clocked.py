@@ -58,6 +58,14 @@ class Clocked(LocalContext):
             raise Budget
 
 
+def budget_steps(preset: str, overrides: list[str]) -> list[str]:
+    """The train.steps override that lets the wall-clock budget end a run: none where the
+    preset or its overrides decay the lr (optim.lr_decay_from), whose end is train.steps; the
+    run then ends at that step or the last mark, whichever comes first."""
+    decays = C.load(preset, list(overrides)).optim.lr_decay_from is not None
+    return [] if decays else ["train.steps=100000000"]
+
+
 def standing_off_clock(cfg: C.Config) -> tuple[C.Config, int]:
     """(cfg without optim.ema_bn_samples, the count it had). The benchmarks checkpoint every 50
     steps so that a mark is scored soon after it passes; the engine's standing-statistics pass at
@@ -76,8 +84,9 @@ def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score
     from pipeline.engine import loop
 
     name, *own = preset.split("+")
-    # The budget ends the run, unless the overrides set train.steps themselves (they come after).
-    cfg = C.load(name, ["train.steps=100000000", *overrides, *own, "train.checkpoint_every=50", "eval.every=0",
+    # The budget ends the run, unless the overrides set train.steps themselves (they come after)
+    # or the lr decays towards train.steps.
+    cfg = C.load(name, [*budget_steps(name, [*overrides, *own]), *overrides, *own, "train.checkpoint_every=50", "eval.every=0",
                           "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1",
                           "scaling.num_workers=1", "data.loader_workers=0"])
     cfg, standing = standing_off_clock(cfg)

@@ -114,3 +114,16 @@ def test_mode_seeking_is_refused_where_the_g_loss_does_not_apply_it():
     with pytest.raises(ConfigError, match=r"loss\.mode_seeking_weight"):
         from_dict({"model": {"name": "stylegan2", "resolution": 16}, "data": {"resolution": 16},
                    "loss": {"mode_seeking_weight": 1.0}})
+
+
+def test_the_quality_benchmark_keeps_the_end_of_an_lr_decay(monkeypatch):
+    # bench/quality.py lets its wall clock end a run by overriding train.steps; where the lr
+    # decays to 0 at train.steps that would stretch the decay over 10^8 steps, so that the
+    # README's command for vaegan32_coverage ran it at a constant lr.
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from clocked import budget_steps
+
+    assert budget_steps("vaegan32_coverage", []) == []
+    assert budget_steps("pacgan32", []) == ["train.steps=100000000"]
+    assert budget_steps("pacgan32", ["optim.lr_decay_from=3000", "train.steps=9200"]) == []
