@@ -66,6 +66,16 @@ def budget_steps(preset: str, overrides: list[str]) -> list[str]:
     return [] if decays else ["train.steps=100000000"]
 
 
+def bench_config(preset: str, overrides: list[str], extra: tuple[str, ...] = ()) -> tuple[C.Config, int]:
+    """(the config a clocked benchmark trains, its optim.ema_bn_samples): the preset with its
+    overrides, train.steps from budget_steps, checkpoints every 50 steps so that a mark is scored
+    soon after it passes (a few ms at these sizes), no evaluation or grids inside the loop, then
+    `extra`; standing statistics are taken off the clock (standing_off_clock)."""
+    cfg = C.load(preset, [*budget_steps(preset, overrides), *overrides, "train.checkpoint_every=50", "eval.every=0",
+                          "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1", *extra])
+    return standing_off_clock(cfg)
+
+
 def standing_off_clock(cfg: C.Config) -> tuple[C.Config, int]:
     """(cfg without optim.ema_bn_samples, the count it had). The benchmarks checkpoint every 50
     steps so that a mark is scored soon after it passes; the engine's standing-statistics pass at
@@ -84,12 +94,7 @@ def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score
     from pipeline.engine import loop
 
     name, *own = preset.split("+")
-    # The budget ends the run, unless the overrides set train.steps themselves (they come after)
-    # or the lr decays towards train.steps.
-    cfg = C.load(name, [*budget_steps(name, [*overrides, *own]), *overrides, *own, "train.checkpoint_every=50", "eval.every=0",
-                          "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1",
-                          "scaling.num_workers=1", "data.loader_workers=0"])
-    cfg, standing = standing_off_clock(cfg)
+    cfg, standing = bench_config(name, [*overrides, *own], ("scaling.num_workers=1", "data.loader_workers=0"))
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
     rows, safe = [], re.sub(r"[^\w.=-]+", "_", preset)     # for file names
 

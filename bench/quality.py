@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from clocked import Budget, Clocked, budget_steps, standing_off_clock   # the clocked local training run (bench/)
+from clocked import Budget, Clocked, bench_config   # the clocked local training run (bench/)
 
 from pipeline import config as C
 from pipeline.data import resolve_shards
@@ -70,10 +70,7 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
     preset, *own = arm.split("+")
     # The run ends at the last mark, not at train.steps, unless an override sets train.steps or
     # the lr decays (optim.lr_decay_from: its end is train.steps): then at whichever comes first.
-    # Checkpoints come often so a mark is scored soon after it passes (a few ms at these sizes).
-    cfg = C.load(preset, [*budget_steps(preset, [*overrides, *own]), *overrides, *own, "train.checkpoint_every=50", "eval.every=0",
-                          "train.log_every=50", "train.sample_every=0", "train.keep_checkpoints=1"])
-    cfg, standing = standing_off_clock(cfg)
+    cfg, standing = bench_config(preset, [*overrides, *own])
     have = training_modes(cfg)
     if have is not None and cfg.data.builtin_samples < 1000 * 5:
         print(f"  {arm}: the {cfg.data.builtin_samples} training images hold {have} of the 1000 modes", flush=True)
