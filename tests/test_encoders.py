@@ -48,11 +48,47 @@ def test_kl_and_reparameterization_match_torch_distributions():
     torch.testing.assert_close(z, mu + torch.randn_like(mu) * (0.5 * logvar).exp())
 
 
+@pytest.mark.parametrize("mode", ["pairs", "mean"])
+def test_vaegan_feature_term_pairs_each_image_or_matches_the_batch_means(mode):
+    from pipeline.families.spec import Ctx
+
+    # (no spectral norm: it steps its power iteration at every forward, and D runs twice here)
+    fam = families.of(_cfg("vaegan", "model.e_channels=8", "model.g_channels=8", "model.d_channels=8",
+                           "model.spectral_norm=false", f"model.feature_match={mode}"))
+    torch.manual_seed(0)
+    nets = fam.build()
+    real = torch.rand(6, 3, 16, 16) * 2 - 1
+
+    def term(x):
+        torch.manual_seed(1)         # the same reparameterization noise and prior draws each call
+        rec, prior, _ = fam._forward(nets, x, Ctx(step=0, device=torch.device("cpu")))
+        _, feat = nets["D"](torch.cat([x, rec, prior]), features=True)
+        torch.manual_seed(1)
+        _, stats = fam.loss(fam.phases()[1], nets, {"image": x}, Ctx(step=0, device=torch.device("cpu")))
+        return stats["recon_feature"].item(), feat.detach()
+
+    got, feat = term(real)
+    fr, ff = feat[:6], feat[6:]
+    if mode == "mean":     # the mean over all 12 of G's images (reconstructions, samples) against the reals'
+        want = (ff.mean(0) - fr.mean(0)).pow(2).mean()
+    else:                  # reconstruction i against real image i
+        want = (ff[:6] - fr).pow(2).mean()
+    assert got == pytest.approx(want.item(), rel=1e-5)
+    # Pairing matters to "pairs" only: swap two reals (E's noise follows them, so use an E that
+    # ignores its input: zero weights) and the mean term is unchanged, the paired one is not.
+    for p in nets["E"].parameters():
+        torch.nn.init.zeros_(p)
+    before, _ = term(real)
+    after, _ = term(real[[1, 0, 2, 3, 4, 5]])
+    assert (after == pytest.approx(before, rel=1e-5)) == (mode == "mean")
+
+
 @pytest.mark.parametrize("name,over,key", [
     ("bigan", ["model.num_classes=3"], "model.num_classes"),
     ("bigan", ["model.pack=2"], "model.pack"),
     ("bigan", ["model.dropout=1.0"], "model.dropout"),
     ("vaegan", ["model.kl_weight=-1"], "model.kl_weight"),
+    ("vaegan", ["model.feature_match=median"], "model.feature_match"),
     ("vaegan", ["aug.kind=diffaugment"], "aug.kind"),
     ("bigan", ["loss.gp_weight=10"], "loss.gp_weight"),
 ])

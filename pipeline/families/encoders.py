@@ -66,12 +66,20 @@ class VAEGANConfig(dcgan.DCGANConfig):
     kl_weight: float = 0.01       # weight of KL(q(z|x) || N(0, I)), summed over z dims
     feature_weight: float = 1.0   # weight of the squared error between D's features of x and G(E(x))
     pixel_weight: float = 0.0     # weight of a pixel L1 between x and G(E(x)); 0 = the paper's loss
+    # "pairs": the paper's feature term, each G(E(x)) against its own x. "mean": Salimans et al.
+    # (2016) feature matching instead, the batch mean of D's features over G's images (the
+    # reconstructions and the prior samples) against the reals' mean. "pairs" with an E whose
+    # posterior has collapsed compares samples with unrelated reals, which also shrinks G's feature
+    # variance (E|f(G)-f(x)|^2 = |mean gap|^2 + Var f(G) + Var f(x)): a pull towards one image.
+    feature_match: str = "pairs"
 
     def __post_init__(self):
         super().__post_init__()
         _check_unconditional(self)
         if self.e_channels < 1:
             raise ValueError("e_channels: must be >= 1")
+        if self.feature_match not in ("pairs", "mean"):
+            raise ValueError(f"feature_match: {self.feature_match!r} is not 'pairs' or 'mean'")
         for k in ("kl_weight", "feature_weight", "pixel_weight"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k}: must be >= 0")
@@ -218,8 +226,11 @@ class VAEGAN(EncoderGAN):
             # One D forward: reals (features only, no gradient needed into them), reconstructions, samples.
             logit, feat = D(self.augment(torch.cat([real, rec, prior])), features=True)
             gan = losses.g_loss(self.cfg.loss.kind, logit[n:].float())
-        f_real, f_rec = feat[:n].float().detach(), feat[n:2 * n].float()
-        feature = (f_rec - f_real).pow(2).mean()
+        f_real, f_fake = feat[:n].float().detach(), feat[n:].float()
+        if m.feature_match == "mean":
+            feature = (f_fake.mean(0) - f_real.mean(0)).pow(2).mean()
+        else:
+            feature = (f_fake[:n] - f_real).pow(2).mean()
         kl = kl.mean()
         loss = m.kl_weight * kl + m.feature_weight * feature + gan
         stats = {"loss_g": gan.detach(), "kl": kl.detach(), "recon_feature": feature.detach()}
