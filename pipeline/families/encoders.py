@@ -10,8 +10,9 @@ trained model maps images to latents and back (`ganforge encode`, Generator.enco
 - **VAE-GAN** (Larsen et al. 2016): a VAE whose decoder is G and whose reconstruction is measured
   in D's feature space (D's last feature maps), plus a GAN on both the reconstructions and prior
   samples. Loss of the E+G phase: kl_weight * KL(q(z|x) || N(0, I)) (summed over z, averaged over
-  the batch) + feature_weight * the feature-space squared error + pixel_weight * pixel L1 + the
-  GAN loss of reconstructions and samples. One optimizer trains E and G on that sum, so E also
+  the batch) + feature_weight * the feature-space squared error (or, with `model.feature_match:
+  mean`, Salimans et al.'s feature matching of batch means) + pixel_weight * pixel L1 + the GAN
+  loss of reconstructions and samples. One optimizer trains E and G on that sum, so E also
   sees the GAN term, where the paper gives E the prior and reconstruction terms only: one phase
   instead of two forwards of every network.
 
