@@ -22,6 +22,7 @@ The oracle metric for both is reconstruction accuracy on fresh shapestack images
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -72,15 +73,13 @@ class VAEGANConfig(dcgan.DCGANConfig):
     # reconstructions and the prior samples) against the reals' mean. "pairs" with an E whose
     # posterior has collapsed compares samples with unrelated reals, which also shrinks G's feature
     # variance (E|f(G)-f(x)|^2 = |mean gap|^2 + Var f(G) + Var f(x)): a pull towards one image.
-    feature_match: str = "pairs"
+    feature_match: Literal["pairs", "mean"] = "pairs"
 
     def __post_init__(self):
         super().__post_init__()
         _check_unconditional(self)
         if self.e_channels < 1:
             raise ValueError("e_channels: must be >= 1")
-        if self.feature_match not in ("pairs", "mean"):
-            raise ValueError(f"feature_match: {self.feature_match!r} is not 'pairs' or 'mean'")
         for k in ("kl_weight", "feature_weight", "pixel_weight"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k}: must be >= 0")
