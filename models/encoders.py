@@ -69,9 +69,18 @@ class JointDiscriminator(nn.Module):
 
 
 class FeatureDiscriminator(Discriminator):
-    """D(x) -> logit; D(x, features=True) -> (logit, D's last feature maps [N, C, 4, 4])."""
+    """D(x) -> logit; D(x, features=True) -> (logit, D's last feature maps [N, C, 4, 4]), and
+    with `classes` > 0 a class head on those features: D(x, features=True) -> (logit, features,
+    class logits [N, classes]) from the same forward (VAE-GAN's `balance_classes`)."""
+
+    def __init__(self, cfg: DCGANConfig, classes: int = 0):
+        super().__init__(cfg)
+        self.head = nn.Linear(self.out.in_features, classes) if classes else None
 
     def forward(self, x: torch.Tensor, y=None, features: bool = False):
         f = self.features(x)
-        logit = self.out(f.flatten(1)).squeeze(1)
-        return (logit, f) if features else logit
+        h = f.flatten(1)
+        logit = self.out(h).squeeze(1)
+        if not features:
+            return logit
+        return (logit, f) if self.head is None else (logit, f, self.head(h))

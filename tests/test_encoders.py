@@ -4,6 +4,8 @@ glyphs above chance. The 2-worker Ray Train run, resume, registry and the same l
 the CLI and every loader are in test_families.py, with every other family."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -83,12 +85,74 @@ def test_vaegan_feature_term_pairs_each_image_or_matches_the_batch_means(mode):
     assert (after == pytest.approx(before, rel=1e-5)) == (mode == "mean")
 
 
+def test_vaegan_class_balance_head_learns_labels_and_g_term_is_kl_of_mean_prediction(smoke_shards, tmp_path):
+    import torch.nn.functional as F
+
+    from pipeline.data import resolve_shards
+    from pipeline.engine import losses
+    from pipeline.engine.context import checkpoints, train_local
+    from pipeline.families.spec import Ctx
+
+    over = ["model.e_channels=8", "model.g_channels=8", "model.d_channels=8", "model.spectral_norm=false"]
+    assert set(families.of(_cfg("vaegan", *over)).fields) == {"image"}      # off: unlabelled shards train
+    fam = families.of(_cfg("vaegan", *over, "model.balance_classes=10", "model.balance_weight=2"))
+    assert set(fam.fields) == {"image", "cls"}
+    torch.manual_seed(0)
+    nets = fam.build()
+    D, ctx = nets["D"], Ctx(step=0, device=torch.device("cpu"))
+    real, y = torch.rand(6, 3, 16, 16) * 2 - 1, torch.tensor([0, 3, 9, 3, 1, 0])
+    batch = {"image": real, "cls": y}
+
+    torch.manual_seed(1)
+    loss_d, stats = fam.loss(fam.phases()[0], nets, batch, ctx)
+    torch.manual_seed(1)
+    rec, prior, _ = fam._forward(nets, real, ctx)
+    logit, _, cls = D(real, features=True)
+    want_ce = F.cross_entropy(cls, y)
+    want = losses.d_loss(fam.cfg.loss.kind, logit, D(torch.cat([rec, prior]))) + want_ce
+    assert loss_d.item() == pytest.approx(want.item(), rel=1e-5)
+    assert stats["aux_d"].item() == pytest.approx(want_ce.item(), rel=1e-5)
+
+    def g_term():
+        torch.manual_seed(2)
+        loss, stats = fam.loss(fam.phases()[1], nets, batch, ctx)
+        torch.manual_seed(2)
+        rec, prior, _ = fam._forward(nets, real, ctx)
+        _, _, cls = D(torch.cat([real, rec, prior]), features=True)
+        p = cls[6:].softmax(1).mean(0)                  # G's 12 images, not the reals
+        return stats["class_balance_kl"].item(), (p * (p * 10).log()).sum().item(), loss
+
+    got, want, _ = g_term()
+    assert got == pytest.approx(want, rel=1e-4) and got > 0
+    # A head that names class 4 for every image: KL = log 10; one that cannot tell: 0.
+    torch.nn.init.zeros_(D.head.weight)
+    with torch.no_grad():
+        D.head.bias.copy_(torch.eye(10)[4] * 50)
+    got, _, _ = g_term()
+    assert got == pytest.approx(np.log(10), rel=1e-4)
+    D.head.bias.data.zero_()
+    got, _, _ = g_term()
+    assert got == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"model.balance_classes: 10, .*labels in \[0, 10\]"):
+        fam.loss(fam.phases()[0], nets, {"image": real, "cls": torch.tensor([0, 1, 2, 3, 4, 10])}, ctx)
+
+    # The data path: shards' `cls` reach D's head; its accuracy on reals is logged.
+    cfg = _cfg("vaegan", *over, "model.balance_classes=10", "train.batch_size=16", "train.steps=4",
+               "train.log_every=2", "train.checkpoint_every=4", "optim.ema_decay=0")
+    train_local(cfg, {"urls": resolve_shards(str(smoke_shards))[0], "counts": None}, tmp_path, quiet=True)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("d_real_class_acc" in r and "class_balance_kl" in r for r in rows), rows
+    assert checkpoints(tmp_path)
+
+
 @pytest.mark.parametrize("name,over,key", [
     ("bigan", ["model.num_classes=3"], "model.num_classes"),
     ("bigan", ["model.pack=2"], "model.pack"),
     ("bigan", ["model.dropout=1.0"], "model.dropout"),
     ("vaegan", ["model.kl_weight=-1"], "model.kl_weight"),
     ("vaegan", ["model.feature_match=median"], "model.feature_match"),
+    ("vaegan", ["model.balance_classes=1"], "model.balance_classes"),
+    ("vaegan", ["model.balance_weight=-1"], "model.balance_weight"),
     ("vaegan", ["aug.kind=diffaugment"], "aug.kind"),
     ("bigan", ["loss.gp_weight=10"], "loss.gp_weight"),
 ])

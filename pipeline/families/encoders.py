@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from models import dcgan
 from models.encoders import Encoder, FeatureDiscriminator, JointDiscriminator
-from pipeline.data.fields import Image
+from pipeline.data.fields import Image, Label
 from pipeline.engine import losses
 from pipeline.families import register
 from pipeline.families.spec import Family, Latent, Phase, unused_terms
@@ -74,13 +75,22 @@ class VAEGANConfig(dcgan.DCGANConfig):
     # posterior has collapsed compares samples with unrelated reals, which also shrinks G's feature
     # variance (E|f(G)-f(x)|^2 = |mean gap|^2 + Var f(G) + Var f(x)): a pull towards one image.
     feature_match: Literal["pairs", "mean"] = "pairs"
+    # Class balance without conditioning: with balance_classes = K > 0, D gets a K-way head on its
+    # features, trained with cross-entropy on the reals' labels (the `cls` field: the first glyph
+    # on shapestack), and G's loss adds balance_weight * KL(the head's softmax averaged over G's
+    # images || uniform). G stays G(z); it is pushed to draw each class equally often, the
+    # marginal-entropy term of CatGAN (Springenberg 2016) with a head taught by labelled reals.
+    balance_classes: int = 0
+    balance_weight: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
         _check_unconditional(self)
         if self.e_channels < 1:
             raise ValueError("e_channels: must be >= 1")
-        for k in ("kl_weight", "feature_weight", "pixel_weight"):
+        if self.balance_classes == 1 or self.balance_classes < 0:
+            raise ValueError(f"balance_classes: {self.balance_classes}; use 0 (off) or >= 2 classes")
+        for k in ("kl_weight", "feature_weight", "pixel_weight", "balance_weight"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k}: must be >= 0")
 
@@ -194,11 +204,16 @@ class BiGAN(EncoderGAN):
 class VAEGAN(EncoderGAN):
     """VAE-GAN: E the VAE's encoder, G its decoder, reconstruction in D's feature space."""
 
+    @property
+    def fields(self):
+        # Labels only where D's class head learns from them; G is never given them.
+        return {"image": Image(), **({"cls": Label()} if self.model.balance_classes else {})}
+
     def build(self):
         m = self.model
         return {"G": dcgan.Generator(dcgan.base_config(m)),
                 "E": Encoder(m.resolution, m.z_dim, m.e_channels, stochastic=True),
-                "D": FeatureDiscriminator(dcgan.base_config(m))}
+                "D": FeatureDiscriminator(dcgan.base_config(m), m.balance_classes)}
 
     def _forward(self, nets, real, ctx):
         G, E = nets["G"], nets["E"]
@@ -212,11 +227,29 @@ class VAEGAN(EncoderGAN):
         with torch.no_grad():
             rec, prior, _ = self._forward(nets, real, ctx)
         with ctx.amp():
-            real_logit = D(self.augment(real)).float()
+            if self.model.balance_classes:
+                real_logit, _, cls = D(self.augment(real), features=True)
+                real_logit = real_logit.float()
+            else:
+                real_logit = D(self.augment(real)).float()
             fake_logit = D(self.augment(torch.cat([rec, prior]))).float()
             loss = losses.d_loss(self.cfg.loss.kind, real_logit, fake_logit)
-        return loss, {"loss_d": loss.detach(), "d_real": real_logit.mean().detach(),
-                      "d_fake": fake_logit.mean().detach(), **self.ada_stat(real_logit)}
+        stats = {"loss_d": loss.detach(), "d_real": real_logit.mean().detach(),
+                 "d_fake": fake_logit.mean().detach(), **self.ada_stat(real_logit)}
+        if self.model.balance_classes:
+            y = self._labels(batch)
+            aux = F.cross_entropy(cls.float(), y)
+            stats |= {"aux_d": aux.detach(), "d_real_class_acc": (cls.argmax(1) == y).float().mean()}
+            loss = loss + aux
+        return loss, stats
+
+    def _labels(self, batch) -> torch.Tensor:
+        y, k = batch["cls"], self.model.balance_classes
+        lo, hi = (int(v) for v in torch.aminmax(y))   # one sync; cross_entropy's own error names nothing
+        if lo < 0 or hi >= k:
+            raise ValueError(f"model.balance_classes: {k}, but this batch has labels in [{lo}, {hi}] "
+                             f"(-1: a sample without a label); labels must lie in [0, {k})")
+        return y
 
     def _loss_EG(self, nets, batch, ctx):
         D, real, m = nets["D"], batch["image"], self.model
@@ -224,7 +257,7 @@ class VAEGAN(EncoderGAN):
         n = real.shape[0]
         with ctx.amp():
             # One D forward: reals (features only, no gradient needed into them), reconstructions, samples.
-            logit, feat = D(self.augment(torch.cat([real, rec, prior])), features=True)
+            logit, feat, *cls = D(self.augment(torch.cat([real, rec, prior])), features=True)
             gan = losses.g_loss(self.cfg.loss.kind, logit[n:].float())
         f_real, f_fake = feat[:n].float().detach(), feat[n:].float()
         if m.feature_match == "mean":
@@ -234,6 +267,12 @@ class VAEGAN(EncoderGAN):
         kl = kl.mean()
         loss = m.kl_weight * kl + m.feature_weight * feature + gan
         stats = {"loss_g": gan.detach(), "kl": kl.detach(), "recon_feature": feature.detach()}
+        if cls:
+            # KL(mean class distribution of G's images || uniform): 0 when each class is as likely.
+            p = cls[0][n:].float().softmax(1).mean(0)
+            balance = (p * (p * p.numel()).clamp_min(1e-12).log()).sum()
+            loss = loss + m.balance_weight * balance
+            stats["class_balance_kl"] = balance.detach()
         if m.pixel_weight > 0:
             l1 = (rec.float() - real.float()).abs().mean()
             loss = loss + m.pixel_weight * l1
