@@ -14,7 +14,7 @@ no MLflow) for a wall-clock budget and, at each of the fixed minutes, scores its
 (the EMA copy where the family keeps one) with ShapeStack's exact oracle: modes hit (of 1000), KL
 of the mode histogram to uniform (nats), and the oracle's class accuracy for conditional models;
 `glyphs` is the part of the KL that each channel's glyph frequencies carry alone (the three
-channels' KL to 1/10, summed). Scoring time is not counted as training time. Prints a table, writes quality.csv,
+channels' KL to 1/10, summed; each channel's in the CSV and the per-mark lines). Scoring time is not counted as training time. Prints a table, writes quality.csv,
 quality.png (modes and KL against minutes) and grid_ARM.png (100 samples at the latest mark) in --out.
 
 Literature, stacked MNIST with 1000 modes (VEEGAN 2017, PacGAN 2018 tables): DCGAN 99 modes
@@ -49,7 +49,8 @@ def score(G, n: int) -> dict:
     # The share of KL that each channel's glyph frequencies carry on their own (the sum of the
     # three channels' KL to 1/10): what is left of the KL is how the glyphs are combined.
     m = np.stack([np.bincount(glyphs[:, c], minlength=10) for c in range(3)]) / len(glyphs)
-    out["kl_glyphs"] = float(sum((r[r > 0] * np.log(r[r > 0] * 10)).sum() for r in m))
+    out["kl_channels"] = [float((r[r > 0] * np.log(r[r > 0] * 10)).sum()) for r in m]
+    out["kl_glyphs"] = sum(out["kl_channels"])
     if G.num_classes:
         out["oracle_accuracy"] = class_accuracy(glyphs, np.arange(n) % G.num_classes)
     return out
@@ -86,12 +87,13 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
         rows.append({"preset": arm, "minutes": round(minutes, 2), "step": step,
                      "images_seen": int(metrics.get("images_seen", 0)),
                      "modes": s["modes"], "kl": round(s["kl"], 4), "kl_glyphs": round(s["kl_glyphs"], 4),
+                     "kl_glyphs_rgb": "/".join(f"{k:.4f}" for k in s["kl_channels"]),
                      "oracle_accuracy": round(s.get("oracle_accuracy", float("nan")), 3),
                      "training_modes": have if have is not None else "",
                      **({"aug_p": round(metrics["aug_p"], 3)} if "aug_p" in metrics else {})})
         r = rows[-1]
         print(f"  {arm:<16} {r['minutes']:>6.2f} min  step {step:>7}  {r['modes']:>4} modes  "
-              f"KL {r['kl']:.3f} (glyphs {r['kl_glyphs']:.3f})  acc {r['oracle_accuracy']}" + (f"  p {r['aug_p']}" if "aug_p" in r else ""),
+              f"KL {r['kl']:.3f} (glyphs {r['kl_glyphs']:.3f} = R/G/B {r['kl_glyphs_rgb']})  acc {r['oracle_accuracy']}" + (f"  p {r['aug_p']}" if "aug_p" in r else ""),
               flush=True)
 
     from pipeline.engine import loop
