@@ -14,8 +14,9 @@ no MLflow) for a wall-clock budget and, at each of the fixed minutes, scores its
 (the EMA copy where the family keeps one) with ShapeStack's exact oracle: modes hit (of 1000), KL
 of the mode histogram to uniform (nats), and the oracle's class accuracy for conditional models;
 `glyphs` is the part of the KL that each channel's glyph frequencies carry alone (the three
-channels' KL to 1/10, summed; each channel's in the CSV and the per-mark lines). Scoring time is not counted as training time. Prints a table, writes quality.csv,
-quality.png (modes and KL against minutes) and grid_ARM.png (100 samples at the latest mark) in --out.
+channels' KL to 1/10, summed; each channel's in the CSV and the per-mark lines). Scoring time is
+not counted as training time. Prints a table, writes quality.csv, quality.png (modes and KL
+against minutes) and grid_ARM.png (100 samples at the latest mark) in --out.
 
 Literature, stacked MNIST with 1000 modes (VEEGAN 2017, PacGAN 2018 tables): DCGAN 99 modes
 KL 3.40; Unrolled GAN 48.7 / 4.32; VEEGAN 150 / 2.95; PacDCGAN 1000 / about 0.06.

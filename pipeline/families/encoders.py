@@ -227,18 +227,16 @@ class VAEGAN(EncoderGAN):
         with torch.no_grad():
             rec, prior, _ = self._forward(nets, real, ctx)
         with ctx.amp():
-            if self.model.balance_classes:
-                real_logit, _, cls = D(self.augment(real), features=True)
-                real_logit = real_logit.float()
-            else:
-                real_logit = D(self.augment(real)).float()
+            # features=True costs nothing more; it also returns the class head's logits where there is one
+            real_logit, _, *cls = D(self.augment(real), features=True)
+            real_logit = real_logit.float()
             fake_logit = D(self.augment(torch.cat([rec, prior]))).float()
             loss = losses.d_loss(self.cfg.loss.kind, real_logit, fake_logit)
         stats = {"loss_d": loss.detach(), "d_real": real_logit.mean().detach(),
                  "d_fake": fake_logit.mean().detach(), **self.ada_stat(real_logit)}
-        if self.model.balance_classes:
-            y = self._labels(batch)
-            aux = F.cross_entropy(cls.float(), y)
+        if cls:
+            y, cls = self._labels(batch), cls[0].float()
+            aux = F.cross_entropy(cls, y)
             stats |= {"aux_d": aux.detach(), "d_real_class_acc": (cls.argmax(1) == y).float().mean()}
             loss = loss + aux
         return loss, stats
