@@ -53,6 +53,27 @@ def test_g_step_moves_only_g_and_fools_d_more():
     assert all(torch.equal(v, nets["D"].state_dict()[k]) for k, v in d_before.items())
 
 
+def test_a_phase_computes_no_gradients_for_networks_its_optimizer_does_not_step():
+    # G's gradients reach it through D as before; D's own are not computed (they were thrown away
+    # at D's next zero_grad), and the frozen network's flags are restored, also when a loss raises.
+    torch.manual_seed(0)
+    fam, nets, _ = _setup(0, kind="nonsaturating")
+    ref = copy.deepcopy(nets)
+    batch = {"image": torch.rand(8, 3, 16, 16) * 2 - 1}
+    torch.manual_seed(1)
+    _run(fam, nets, "G", torch.optim.SGD(nets["G"].parameters(), lr=0.0), batch)
+    torch.manual_seed(1)
+    loss, _ = fam.loss(Phase("G", "G"), ref, batch, Ctx(step=1, device=CPU))
+    loss.backward()
+    assert all(p.grad is not None for p in ref["D"].parameters())      # D is on G's path
+    assert all(p.grad is None and p.requires_grad for p in nets["D"].parameters())
+    for p, q in zip(nets["G"].parameters(), ref["G"].parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    with pytest.raises(RuntimeError):   # D's step freezes G; 5 channels fail in D's first conv
+        _run(fam, nets, "D", torch.optim.SGD(nets["D"].parameters(), lr=0.0), {"image": torch.zeros(8, 5, 16, 16)})
+    assert all(p.requires_grad for p in nets["G"].parameters())
+
+
 def test_ema_step():
     _, nets, _ = _setup()
     G = nets["G"]

@@ -9,11 +9,13 @@ that ran out of data. Nothing here imports ray or mlflow: the context brings the
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 
 import torch
 
@@ -166,13 +168,43 @@ class _Data:
             self.stream.close()
 
 
+@contextlib.contextmanager
+def _training_only(nets: dict, opt) -> Iterator[None]:
+    """Freeze, for one phase, every network that the phase's optimizer does not step.
+
+    The phase's own optimizer is zeroed before its backward, so gradients that reach other
+    networks were always thrown away; computing them costs the weight-gradient half of those
+    networks' backward (D's in a G phase), and under DDP an all-reduce of them too. A frozen
+    network still passes gradients to its inputs (G's images through D). Its forward runs under
+    DDP's no_sync, so the reducer does not wait for gradients that will not come. A network with
+    only some of its parameters in the optimizer is left as it is (DDP's reducer expects all or none)."""
+    stepped = {id(p) for g in opt.param_groups for p in g["params"]}
+    frozen = []
+    with contextlib.ExitStack() as stack:
+        for m in nets.values():
+            params = [p for p in m.parameters() if p.requires_grad]
+            if not params or any(id(p) in stepped for p in params):
+                continue
+            for p in params:
+                p.requires_grad_(False)
+            frozen += params
+            if isinstance(m, torch.nn.parallel.DistributedDataParallel):
+                stack.enter_context(m.no_sync())
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+
 def run_phase(fam, phase, nets, opts, batch: dict, ctx: Ctx) -> dict:
     """One unit of work: zero the phase's optimizer, the family's loss, backward, step."""
     ctx.phase = phase
-    loss, stats = fam.loss(phase, nets, batch, ctx)
     opt = opts[phase.optimizer]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
+    with _training_only(nets, opt):
+        loss, stats = fam.loss(phase, nets, batch, ctx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
     if ctx.lr_scale == 1.0:
         opt.step()
         return stats
