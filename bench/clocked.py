@@ -9,6 +9,7 @@ import dataclasses
 import os
 import platform
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +33,14 @@ class Budget(Exception):
 
 class Clocked(LocalContext):
     """The local context, calling on_score(minutes, metrics, generator) with the checkpointed
-    networks at each mark of the training clock; the time on_score takes is not counted."""
+    networks at each mark of the training clock; the time on_score takes is not counted. keep: a
+    folder to copy each scored checkpoint into (checkpoint_NNNNNNN), to score it again later with
+    `ganforge evaluate FOLDER`; the run's own folder is temporary."""
 
-    def __init__(self, *a, marks, on_score, standing: int = 0, **k):
+    def __init__(self, *a, marks, on_score, standing: int = 0, keep: Path | None = None, **k):
         super().__init__(*a, **k)
         self.marks, self.on_score, self.t0, self.paused = list(marks), on_score, time.monotonic(), 0.0
-        self.standing = standing
+        self.standing, self.keep = standing, keep
 
     def report(self, metrics, checkpoint_dir):
         super().report(metrics, checkpoint_dir)
@@ -53,6 +56,8 @@ class Clocked(LocalContext):
         gen = GM.from_checkpoint(checkpoint_dir)
         ema.standing_stats(gen.family, gen.nets, gen.family.ema, self.standing, seed=self.cfg.train.seed)
         self.on_score(at, metrics, gen)
+        if self.keep is not None:
+            shutil.copytree(checkpoint_dir, self.keep / f"checkpoint_{int(metrics['step']):07d}", dirs_exist_ok=True)
         self.paused += time.monotonic() - t
         if not self.marks:
             raise Budget
@@ -87,9 +92,9 @@ def standing_off_clock(cfg: C.Config) -> tuple[C.Config, int]:
 
 
 def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score,
-        extractor=None) -> list[dict]:
+        extractor=None, keep: Path | None = None) -> list[dict]:
     """Train `preset` for the marks' minutes; -> a row per mark, with score's figures. `preset`
-    may carry its own overrides after `+` (an arm: PRESET+key=value+...)."""
+    may carry its own overrides after `+` (an arm: PRESET+key=value+...). keep: see Clocked."""
     from jobs.train import builtin_shards
     from pipeline.engine import loop
 
@@ -106,7 +111,8 @@ def run(preset, overrides, marks, n, device, work: Path, out: Path, score: Score
         print(f"  {preset:<12} {minutes:>6.2f} min  step {step:>6}  " +
               "  ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
 
-    ctx = Clocked(cfg, work / safe, device, None, True, marks=marks, on_score=on_score, standing=standing)
+    ctx = Clocked(cfg, work / safe, device, None, True, marks=marks, on_score=on_score, standing=standing,
+                  keep=keep / safe if keep else None)
     try:
         loop.run(cfg, ctx, {"urls": urls, "counts": None})
     except Budget:
@@ -128,6 +134,7 @@ def main(doc: str, presets: list[str], score: Score, *, n_help: str, out: str, f
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=out, help="grids: PRESET_Mmin.png")
+    ap.add_argument("--keep", type=Path, help="copy each scored checkpoint to KEEP/PRESET/checkpoint_STEP")
     a = ap.parse_args()
     outdir = Path(a.out)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +155,7 @@ def main(doc: str, presets: list[str], score: Score, *, n_help: str, out: str, f
     rows = []
     with tempfile.TemporaryDirectory() as td:
         for p in a.presets:
-            rows += run(p, a.set, marks, a.n, a.device, Path(td), outdir, score, extractor)
+            rows += run(p, a.set, marks, a.n, a.device, Path(td), outdir, score, extractor, a.keep)
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("preset", "minutes", "step")]
     w = max(12, *(len(label(k)) + 2 for k in keys))
     pw = max(len(p) for p in a.presets) + 2

@@ -2,6 +2,7 @@
 
     python bench/quality.py PRESET [PRESET ...] [--minutes 30] [--at 1,2,5,10,20,30]
                             [--n 10000] [--set key=value ...] [--out bench_out/quality] [--device cpu]
+                            [--keep DIR]
 
 A PRESET may carry its own overrides after `+`, one arm per token, e.g. augmentation on a tiny
 training set (issue 16; the table then also gives the modes the training images hold):
@@ -66,7 +67,7 @@ def training_modes(cfg: C.Config) -> int | None:
 
 
 def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str, work: Path,
-        out: Path) -> list[dict]:
+        out: Path, keep: Path | None = None) -> list[dict]:
     from jobs.train import builtin_shards
 
     preset, *own = arm.split("+")
@@ -77,12 +78,11 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
     if have is not None and cfg.data.builtin_samples < 1000 * 5:
         print(f"  {arm}: the {cfg.data.builtin_samples} training images hold {have} of the 1000 modes", flush=True)
     urls, _ = resolve_shards(cfg.data.shards or str(builtin_shards(cfg)))
-    rows = []
+    rows, name = [], re.sub(r"[^\w.=-]+", "_", arm)    # for file names
 
     def on_score(minutes, metrics, G):
         s = score(G, n)
         # The grid at the latest mark (10 x 10; a conditional G's columns are its classes).
-        name = re.sub(r"[^\w.=-]+", "_", arm)
         save_image(G.sample(100, seed=1).float() / 255, out / f"grid_{name}.png", nrow=10)
         step = int(metrics["step"])
         rows.append({"preset": arm, "minutes": round(minutes, 2), "step": step,
@@ -98,8 +98,8 @@ def run(arm: str, overrides: list[str], marks: list[float], n: int, device: str,
               flush=True)
 
     from pipeline.engine import loop
-    ctx = Clocked(cfg, work / arm.replace("/", "_"), device, None, True, marks=marks, on_score=on_score,
-                  standing=standing)
+    ctx = Clocked(cfg, work / name, device, None, True, marks=marks, on_score=on_score,
+                  standing=standing, keep=keep / name if keep else None)
     try:
         loop.run(cfg, ctx, {"urls": urls, "counts": None})
     except Budget:
@@ -137,6 +137,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every preset")
     ap.add_argument("--out", default="bench_out/quality")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--keep", type=Path, help="copy each scored checkpoint to KEEP/ARM/checkpoint_STEP "
+                    "(the runs' own folders are temporary), to score again with `ganforge evaluate`")
     a = ap.parse_args()
     marks = sorted(m for m in (float(x) for x in a.at.split(",")) if m <= a.minutes) or [a.minutes]
     out = Path(a.out)
@@ -148,7 +150,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as td:
         for preset in a.presets:
-            rows += run(preset, a.set, marks, a.n, a.device, Path(td), out)
+            rows += run(preset, a.set, marks, a.n, a.device, Path(td), out, a.keep)
     with open(out / "quality.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()

@@ -127,3 +127,18 @@ def test_the_quality_benchmark_keeps_the_end_of_an_lr_decay(monkeypatch):
     assert budget_steps("vaegan32_coverage", []) == []
     assert budget_steps("pacgan32", []) == ["train.steps=100000000"]
     assert budget_steps("pacgan32", ["optim.lr_decay_from=3000", "train.steps=9200"]) == []
+
+
+def test_the_quality_benchmark_keeps_each_scored_checkpoint_for_ganforge_evaluate(monkeypatch, tmp_path):
+    # Its runs train in a temporary folder; --keep copies what each mark scored, so a mark can be
+    # scored again (more samples, other seeds) after the run.
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import quality
+    from jobs.eval_cli import load_generator
+
+    rows = quality.run("smoke+train.steps=4", [], [60.0], 200, "cpu", tmp_path / "work", tmp_path, tmp_path / "keep")
+    assert [r["step"] for r in rows] == [4]                 # train.steps ends it before the 60-minute mark
+    kept = sorted((tmp_path / "keep" / "smoke_train.steps=4").iterdir())
+    assert [p.name for p in kept] == ["checkpoint_0000004"]
+    assert load_generator(str(kept[0])).step == 4
