@@ -135,6 +135,7 @@ def test_the_quality_benchmark_keeps_each_scored_checkpoint_for_ganforge_evaluat
     from pathlib import Path
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
     import quality
+
     from jobs.eval_cli import load_generator
 
     rows = quality.run("smoke+train.steps=4", [], [60.0], 200, "cpu", tmp_path / "work", tmp_path, tmp_path / "keep")
