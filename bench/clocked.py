@@ -41,6 +41,8 @@ class Clocked(LocalContext):
         super().__init__(*a, **k)
         self.marks, self.on_score, self.t0, self.paused = list(marks), on_score, time.monotonic(), 0.0
         self.standing, self.keep = standing, keep
+        if keep is not None:        # a bad --keep fails now, not at the first mark minutes later
+            keep.mkdir(parents=True, exist_ok=True)
 
     def report(self, metrics, checkpoint_dir):
         super().report(metrics, checkpoint_dir)

@@ -24,7 +24,7 @@ from pipeline import families
 from pipeline.data.fields import Image
 from pipeline.engine import best as B
 from pipeline.engine import checkpoint, ema
-from pipeline.families.spec import Ctx
+from pipeline.families.spec import Ctx, eager
 from pipeline.tracking import storage
 
 log = logging.getLogger("ganforge.train")
@@ -188,8 +188,9 @@ def _training_only(nets: dict, opt) -> Iterator[None]:
             for p in params:
                 p.requires_grad_(False)
             frozen += params
-            if isinstance(m, torch.nn.parallel.DistributedDataParallel):
-                stack.enter_context(m.no_sync())
+            ddp = eager(m)          # wrap() compiles the DDP wrapper, so look under torch.compile's
+            if isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+                stack.enter_context(ddp.no_sync())
         try:
             yield
         finally:
